@@ -1,0 +1,49 @@
+# MathScale: the two commands a newcomer needs are `make quickstart` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+QUICKSTART_MODELS := qwen2.5-coder-1.5b-instruct
+TEST_MODELS       := smollm2-135m-instruct
+
+.PHONY: setup models quickstart test test-fast lint format bench lab clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
+	touch $(STAMP)
+
+models: setup
+	$(BIN)/python -m mathscale_utils.models install $(QUICKSTART_MODELS) $(TEST_MODELS)
+
+quickstart: setup
+	$(BIN)/python -m mathscale_utils.models install $(QUICKSTART_MODELS)
+	$(BIN)/python -m mathscale_utils.chain params/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m mathscale_utils.models install $(TEST_MODELS)
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not browser"
+
+lint: setup
+	$(BIN)/ruff check mathscale_utils tests bench
+	$(BIN)/ruff format --check mathscale_utils tests bench
+
+format: setup
+	$(BIN)/ruff format mathscale_utils tests bench
+	$(BIN)/ruff check --fix mathscale_utils tests bench
+
+bench: setup
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf outputs/*/
