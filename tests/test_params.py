@@ -42,7 +42,9 @@ def test_every_problem_is_listed(tmp_path):
 
 
 def test_missing_input_file(tmp_path):
-    p = write(tmp_path, "run_name: x\nextract:\n  seeds:\n    source: jsonl\n    path: /nonexistent/seeds.jsonl\n")
+    p = write(
+        tmp_path, "run_name: x\nextract:\n  seeds:\n    source: jsonl\n    path: /nonexistent/seeds.jsonl\n"
+    )
     with pytest.raises(ParamsError) as e:
         load_params(p)
     assert "extract.seeds.path" in str(e.value) and "/nonexistent/seeds.jsonl" in str(e.value)

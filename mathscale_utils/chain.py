@@ -1,0 +1,195 @@
+"""Run the numbered notebooks with papermill from one params file and record a manifest.
+
+    python -m mathscale_utils.chain params/quickstart.yaml [--only 01,02] [--from 03]
+
+Writes outputs/<run_name>/: executed notebooks under notebooks/, each stage's artifacts, and manifest.json (git
+commit, params, package versions, seed, per-stage wall time, tokens, cost, status). Only the params file path is
+passed to a notebook as a parameter, so nothing secret can be written into an executed notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mathscale_utils.io import read_json, write_json
+from mathscale_utils.params import ROOT, STAGES, Params, ParamsError, load_params
+
+KERNEL = "mathscale"
+NOTEBOOKS = {
+    "01": "01_extract_concepts.ipynb",
+    "02": "02_concept_graph.ipynb",
+    "03": "03_generate_questions.ipynb",
+    "04": "04_finetune.ipynb",
+    "05": "05_mwpbench_eval.ipynb",
+    "06": "06_scaling_curves.ipynb",
+}
+PACKAGES = [
+    "mathscale", "openai", "llama_cpp_python", "papermill", "networkx", "pyvis", "pandas", "matplotlib",
+    "transformers", "peft", "bitsandbytes", "torch", "datasketch", "math-verify", "datasets",
+]  # fmt: skip
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; the message names the executed notebook, the cell and the error."""
+
+
+def select_stages(params: Params, only: str | None = None, start: str | None = None) -> list[str]:
+    """The stages to run: the params file's list, narrowed by --only or --from."""
+    stages = list(params.stages)
+    if only:
+        wanted = [s.strip().zfill(2) for s in only.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in STAGES]
+        if unknown:
+            raise ParamsError(f"--only: unknown stage(s) {unknown}; known: {STAGES}")
+        stages = [s for s in STAGES if s in wanted]
+    if start:
+        start = start.strip().zfill(2)
+        if start not in STAGES:
+            raise ParamsError(f"--from: unknown stage {start!r}; known: {STAGES}")
+        stages = [s for s in stages if s >= start]
+    missing = [s for s in stages if not (ROOT / "notebooks" / NOTEBOOKS[s]).exists()]
+    if missing:
+        raise ParamsError(f"stage(s) {missing} have no notebook in {ROOT / 'notebooks'}")
+    return stages
+
+
+def ensure_kernel() -> str:
+    """Make sure the project's kernel (this interpreter) is registered inside its own prefix, not in $HOME."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    path = specs.get(KERNEL)
+    if path is None or sys.prefix not in str(Path(path).resolve()):
+        subprocess.run(
+            [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
+             "--display-name", "MathScale (.venv)"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return KERNEL
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def stage_usage(run_dir: Path, stage: str) -> dict:
+    """Sum the LLM usage files a stage's notebook wrote (usage/<stage>*.json): all sessions, and the latest one."""
+    out: dict[str, dict] = {"total": {}, "session": {}}
+    for f in sorted((run_dir / "usage").glob(f"{stage}*.json")):
+        u = read_json(f)
+        for part in out:
+            for k, v in u.get(part, {}).items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    out[part][k] = out[part].get(k, 0) + v
+    return out
+
+
+def run_stage(stage: str, params_file: Path, run_dir: Path, kernel: str) -> Path:
+    """Execute one notebook with papermill; raise StageFailed naming the notebook, cell and error."""
+    import papermill as pm
+
+    src = ROOT / "notebooks" / NOTEBOOKS[stage]
+    dst = run_dir / "notebooks" / NOTEBOOKS[stage]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(src), str(dst), parameters={"params_file": str(params_file)}, kernel_name=kernel,
+            cwd=str(ROOT), progress_bar=False,
+        )  # fmt: skip
+    except pm.PapermillExecutionError as e:
+        raise StageFailed(
+            f"stage {stage} failed in {dst} (cell {e.exec_count}): {e.ename}: {e.evalue}"
+        ) from None
+    return dst
+
+
+def run_chain(params_file: str | Path, only: str | None = None, start: str | None = None) -> dict:
+    """Run the selected stages in order, writing the manifest after each; stop at the first failure."""
+    params_file = Path(params_file).resolve()
+    params = load_params(params_file)
+    stages = select_stages(params, only, start)
+    run_dir = params.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.json"
+    previous = read_json(manifest_path) if manifest_path.exists() else {}
+    manifest = {
+        "run_name": params.run_name,
+        "params_file": str(params_file),
+        "params": params.model_dump(mode="json"),
+        "seed": params.seed,
+        "run_dir": str(run_dir),
+        "git": git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stages": previous.get("stages", {}),
+        "status": "running",
+    }
+    write_json(manifest_path, manifest)
+    kernel = ensure_kernel()
+    for stage in stages:
+        t0 = time.perf_counter()
+        entry = {"notebook": NOTEBOOKS[stage], "status": "running"}
+        manifest["stages"][stage] = entry
+        write_json(manifest_path, manifest)
+        print(f"[chain] stage {stage}: {NOTEBOOKS[stage]} ...", flush=True)
+        try:
+            entry["executed"] = str(run_stage(stage, params_file, run_dir, kernel))
+            entry["status"] = "ok"
+        except StageFailed as e:
+            entry.update(status="failed", error=str(e))
+            manifest["status"] = "failed"
+            raise
+        finally:
+            entry["wall_s"] = round(time.perf_counter() - t0, 2)
+            entry["llm"] = stage_usage(run_dir, stage)
+            manifest["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
+            write_json(manifest_path, manifest)
+        print(f"[chain] stage {stage}: ok in {entry['wall_s']} s", flush=True)
+    manifest["status"] = "ok"
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mathscale_utils.chain", description=__doc__.split("\n")[0])
+    ap.add_argument("params", help="params YAML file, e.g. params/quickstart.yaml")
+    ap.add_argument("--only", help="comma-separated stages to run, e.g. 01,02")
+    ap.add_argument("--from", dest="start", help="run from this stage on, e.g. 03")
+    args = ap.parse_args(argv)
+    try:
+        manifest = run_chain(args.params, only=args.only, start=args.start)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"[chain] done: {Path(manifest['params_file']).name} -> {manifest['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Step 1 of MathScale: extract topics and knowledge points (KPs) from each seed question (paper §3.1).
+
+A teacher LLM names 1-2 topics and 1-5 KPs per question as JSON. Replies are validated; a malformed one gets one
+corrective retry. Strings are normalised minimally (strip, collapse whitespace, drop a trailing period) and the
+paper's frequency filter drops concepts extracted from fewer than `min_count` seed questions (the paper: seen once).
+
+Output schema, one row per seed question in `concepts.jsonl`:
+    seed_id, source, question, solution, answer  -- from the seed record
+    raw_topics, raw_knowledge_points             -- normalised, before the frequency filter
+    topics, knowledge_points                     -- after the frequency filter (what the graph uses)
+    status ("ok" | "failed"), error, attempts
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathscale_utils.data import Record, SeedsConfig
+from mathscale_utils.llm import LLM, ChatRequest, parse_json_reply
+
+
+class ExtractConfig(BaseModel):
+    """The `extract:` section of a params file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+    min_count: int = Field(
+        2, ge=1, description="keep concepts extracted from at least this many seeds (paper: 2)"
+    )
+    max_topics: int = Field(2, ge=1)
+    max_knowledge_points: int = Field(5, ge=1)
+    temperature: float = 0.0
+    max_tokens: int = 256
+    json_schema: bool = True
+    case_fold: bool = False
+
+
+PROMPT = """You are a math teacher. Read the question below and work out what it is testing.
+First name 1 or 2 general topics it belongs to (a subject or textbook chapter, for example "Ratio and proportion").
+Then name 1 to 5 specific knowledge points a student must use to solve it (a definition, theorem, formula or skill, \
+for example "Converting percentages to decimals").
+
+Reply with JSON only, in this form:
+{{"topics": ["..."], "knowledge_points": ["..."]}}
+
+Question:
+{question}"""
+
+RETRY = (
+    'Your reply could not be used: {problem}. Reply again with JSON only: an object with a list "topics" '
+    '(1 to {max_topics} strings) and a list "knowledge_points" (1 to {max_kps} strings).'
+)
+
+
+def json_schema(cfg: ExtractConfig) -> dict:
+    """The JSON schema the reply must follow (grammar-constrained on llama.cpp, json_schema on OpenAI)."""
+    strings = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    return {
+        "type": "object",
+        "properties": {
+            "topics": {**strings, "maxItems": cfg.max_topics},
+            "knowledge_points": {**strings, "maxItems": cfg.max_knowledge_points},
+        },
+        "required": ["topics", "knowledge_points"],
+    }
+
+
+def build_request(question: str, cfg: ExtractConfig, history: list[dict] | None = None) -> ChatRequest:
+    """One extraction call; `history` carries a rejected reply and the correction for the retry."""
+    messages = [{"role": "user", "content": PROMPT.format(question=question.strip())}] + (history or [])
+    fmt = {"type": "json_object", "schema": json_schema(cfg)} if cfg.json_schema else {"type": "json_object"}
+    return ChatRequest(
+        messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens, response_format=fmt
+    )
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalise(concept: str, case_fold: bool = False) -> str:
+    """Minimal normalisation (METHOD.md §2): strip, collapse whitespace, drop trailing periods; optional case fold."""
+    s = _WS.sub(" ", concept).strip().rstrip(".").strip()
+    return s.casefold() if case_fold else s
+
+
+def _clean_list(value, limit: int, case_fold: bool) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of strings")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            continue
+        s = normalise(item, case_fold)
+        if s and s not in out:
+            out.append(s)
+    return out[:limit]
+
+
+def parse_reply(text: str | None, cfg: ExtractConfig) -> tuple[list[str], list[str]]:
+    """Parse and validate one reply into (topics, knowledge_points); raise ValueError saying what is wrong."""
+    obj = parse_json_reply(text or "")
+    if obj is None:
+        raise ValueError("the reply is not a JSON object")
+    missing = [k for k in ("topics", "knowledge_points") if k not in obj]
+    if missing:
+        raise ValueError(f"missing key(s) {missing}")
+    topics = _clean_list(obj["topics"], cfg.max_topics, cfg.case_fold)
+    kps = _clean_list(obj["knowledge_points"], cfg.max_knowledge_points, cfg.case_fold)
+    if not topics or not kps:
+        raise ValueError("topics and knowledge_points must each hold at least one non-empty string")
+    return topics, kps
+
+
+@dataclass
+class Extraction:
+    record: Record
+    topics: list[str] = field(default_factory=list)
+    knowledge_points: list[str] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+
+
+def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extraction]:
+    """Extract concepts for every seed: one batch of calls, then one corrective retry for malformed replies."""
+    out = [Extraction(r) for r in records]
+    results = llm.chat_many([build_request(r.question, cfg) for r in records], desc="extract concepts")
+    retry: list[tuple[int, ChatRequest]] = []
+    for i, res in enumerate(results):
+        out[i].attempts = 1
+        if res.error:
+            out[i].error = f"request failed: {res.error}"
+            continue
+        try:
+            out[i].topics, out[i].knowledge_points = parse_reply(res.text, cfg)
+        except ValueError as e:
+            history = [
+                {"role": "assistant", "content": res.text or ""},
+                {
+                    "role": "user",
+                    "content": RETRY.format(
+                        problem=e, max_topics=cfg.max_topics, max_kps=cfg.max_knowledge_points
+                    ),
+                },
+            ]
+            retry.append((i, build_request(records[i].question, cfg, history)))
+    if retry:
+        again = llm.chat_many([req for _, req in retry], desc="extract concepts (retry)")
+        for (i, _), res in zip(retry, again, strict=True):
+            out[i].attempts = 2
+            if res.error:
+                out[i].error = f"retry failed: {res.error}"
+                continue
+            try:
+                out[i].topics, out[i].knowledge_points = parse_reply(res.text, cfg)
+            except ValueError as e:
+                out[i].error = f"malformed reply after retry: {e}"
+    return out
+
+
+def concept_counts(extractions: list[Extraction]) -> tuple[Counter, Counter]:
+    """Number of seed questions each topic and each KP was extracted from."""
+    topics, kps = Counter(), Counter()
+    for ex in extractions:
+        topics.update(set(ex.topics))
+        kps.update(set(ex.knowledge_points))
+    return topics, kps
+
+
+def to_rows(extractions: list[Extraction], min_count: int) -> list[dict]:
+    """The concepts.jsonl rows, applying the frequency filter (concepts from fewer than min_count seeds dropped)."""
+    topic_n, kp_n = concept_counts(extractions)
+    rows = []
+    for ex in extractions:
+        r = ex.record
+        rows.append(
+            {
+                "seed_id": r.id,
+                "source": r.dataset,
+                "question": r.question,
+                "solution": r.solution,
+                "answer": r.answer,
+                "raw_topics": ex.topics,
+                "raw_knowledge_points": ex.knowledge_points,
+                "topics": [t for t in ex.topics if topic_n[t] >= min_count],
+                "knowledge_points": [k for k in ex.knowledge_points if kp_n[k] >= min_count],
+                "status": "failed" if ex.error else "ok",
+                "error": ex.error,
+                "attempts": ex.attempts,
+            }
+        )
+    return rows
+
+
+def frequency_table(extractions: list[Extraction], min_count: int) -> list[dict]:
+    """One row per distinct concept: type, concept, count, kept (sorted by type, then count descending)."""
+    topic_n, kp_n = concept_counts(extractions)
+    table = []
+    for kind, counts in (("topic", topic_n), ("knowledge_point", kp_n)):
+        for concept, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            table.append({"type": kind, "concept": concept, "count": n, "kept": n >= min_count})
+    return table
+
+
+def summary(extractions: list[Extraction], min_count: int) -> dict:
+    """Counts the notebook and the manifest report: seeds, failures, retries, vocabulary before and after the filter."""
+    topic_n, kp_n = concept_counts(extractions)
+    return {
+        "seeds": len(extractions),
+        "ok": sum(1 for e in extractions if not e.error),
+        "failed": sum(1 for e in extractions if e.error),
+        "retried": sum(1 for e in extractions if e.attempts > 1),
+        "min_count": min_count,
+        "topics_before_filter": len(topic_n),
+        "knowledge_points_before_filter": len(kp_n),
+        "topics_after_filter": sum(1 for n in topic_n.values() if n >= min_count),
+        "knowledge_points_after_filter": sum(1 for n in kp_n.values() if n >= min_count),
+    }

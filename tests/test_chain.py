@@ -1,0 +1,138 @@
+"""The papermill chain: runs notebook 01 end to end, writes a manifest, resumes for free, fails loudly."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from mathscale_utils.chain import main, run_chain
+from mathscale_utils.io import read_json, read_jsonl
+from mathscale_utils.params import ROOT
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+WORDS = ["percent", "speed", "area", "ratio", "probability", "sum", "volume", "root"]
+
+
+def scripted_extraction(body: dict) -> str:
+    """Topics and KPs that depend on the question, so the frequency filter has something to do."""
+    text = body["messages"][0]["content"].lower()
+    hits = [w for w in WORDS if w in text] or ["arithmetic"]
+    return json.dumps(
+        {
+            "topics": [f"Topic {hits[0]}", "Word problems"],
+            "knowledge_points": [f"KP {w}" for w in hits] + ["KP unique " + text[-40:]],
+        }
+    )
+
+
+def write_params(tmp_path: Path, base_url: str, **extra) -> Path:
+    lines = [
+        "run_name: t",
+        f"outputs_dir: {tmp_path / 'out'}",
+        "stages: ['01']",
+        "llm:",
+        "  model: fake-model",
+        f"  base_url: {base_url}",
+        "  api_key_env: MATHSCALE_TEST_KEY",
+        "  concurrency: 4",
+        "extract:",
+        "  seeds:",
+        f"    source: {extra.get('source', 'builtin')}",
+        f"    limit: {extra.get('limit', 12)}",
+    ]
+    if "path" in extra:
+        lines.append(f"    path: {extra['path']}")
+    p = tmp_path / "params.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_chain_runs_notebook_01_and_resumes_without_calls(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", SECRET)
+    with FakeOpenAI(answer=scripted_extraction) as fake:
+        params = write_params(tmp_path, fake.base_url)
+        manifest = run_chain(params)
+        first_calls = fake.total_completed
+        run_dir = tmp_path / "out" / "t"
+        rows = read_jsonl(run_dir / "concepts.jsonl")
+        assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+        assert first_calls == 12
+        # the frequency filter ran: the per-question "unique" KP is extracted once and dropped
+        assert all(not any(k.startswith("KP unique") for k in r["knowledge_points"]) for r in rows)
+        assert any(r["knowledge_points"] for r in rows)
+        assert manifest["status"] == "ok" and manifest["stages"]["01"]["status"] == "ok"
+        assert manifest["stages"]["01"]["llm"]["session"]["requests"] == 12
+        assert manifest["packages"]["papermill"] and manifest["git"]["commit"]
+        assert (run_dir / "notebooks" / "01_extract_concepts.ipynb").exists()
+        assert (run_dir / "top_concepts.png").stat().st_size > 1000
+        # re-running the stage repeats no LLM call
+        run_chain(params, only="01")
+        assert fake.total_completed == first_calls
+        assert read_jsonl(run_dir / "concepts.jsonl") == rows
+    # the key never reaches any file the run wrote (executed notebooks, manifest, cache, usage)
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_text(errors="ignore"), f
+
+
+def test_malformed_reply_is_retried_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", "x")
+
+    def answer(body):
+        last = body["messages"][-1]["content"]
+        if "A rectangle has a length" in body["messages"][0]["content"] and not last.startswith("Your reply"):
+            return "Topics: geometry"  # not JSON: triggers the corrective retry
+        return scripted_extraction(body)
+
+    with FakeOpenAI(answer=answer) as fake:
+        run_chain(write_params(tmp_path, fake.base_url, limit=50))  # all built-in seeds
+        assert fake.total_completed == 51
+    rows = read_jsonl(tmp_path / "out" / "t" / "concepts.jsonl")
+    retried = [r for r in rows if r["attempts"] == 2]
+    assert len(retried) == 1 and retried[0]["status"] == "ok"
+
+
+def test_failed_stage_names_notebook_cell_and_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", "x")
+    bad = tmp_path / "seeds.jsonl"
+    bad.write_text('{"question": ""}\n{"id": 3}\n')
+    params = write_params(tmp_path, "http://127.0.0.1:9/v1", source="jsonl", path=bad)
+    assert main([str(params)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"stage 01 failed in .*01_extract_concepts\.ipynb \(cell \d+\)", err)
+    assert "seeds.jsonl" in err
+    manifest = read_json(tmp_path / "out" / "t" / "manifest.json")
+    assert manifest["status"] == "failed" and manifest["stages"]["01"]["status"] == "failed"
+
+
+def test_bad_params_refused_before_anything_runs(tmp_path, capsys):
+    p = tmp_path / "params.yaml"
+    p.write_text(f"run_name: t\noutputs_dir: {tmp_path / 'out'}\nllm:\n  temprature: 0.2\n")
+    assert main([str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:4" in err and "llm.temprature" in err and "unknown key" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_smoke_params_with_the_embedded_model(tmp_path):
+    """The real thing: the chain's CLI starts the embedded llama.cpp server (135M model) and extracts concepts."""
+    text = (ROOT / "params" / "smoke.yaml").read_text()
+    params = tmp_path / "smoke.yaml"
+    params.write_text(text + f"outputs_dir: {tmp_path / 'out'}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "mathscale_utils.chain", str(params), "--only", "01"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "out" / "smoke"
+    rows = read_jsonl(run_dir / "concepts.jsonl")
+    assert len(rows) == 8
+    manifest = read_json(run_dir / "manifest.json")
+    assert manifest["stages"]["01"]["llm"]["total"]["requests"] >= 8
+    summary = read_json(run_dir / "extract_summary.json")
+    assert summary["seeds"] == 8 and summary["ok"] + summary["failed"] == 8

@@ -1,0 +1,110 @@
+"""Concept extraction: reply parsing, normalisation and the paper's frequency filter."""
+
+import pytest
+
+from mathscale_utils.concepts import (
+    ExtractConfig,
+    Extraction,
+    build_request,
+    frequency_table,
+    normalise,
+    parse_reply,
+    summary,
+    to_rows,
+)
+from mathscale_utils.data import Record
+
+CFG = ExtractConfig()
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  Ratio   and\nproportion. ", "Ratio and proportion"),
+        ("Pythagorean theorem", "Pythagorean theorem"),
+        ("Problem-solving", "Problem-solving"),  # near-duplicates are not merged, as in the paper
+    ],
+)
+def test_normalise(raw, expected):
+    assert normalise(raw) == expected
+
+
+def test_normalise_case_fold_is_optional():
+    assert normalise("Linear Equations", case_fold=True) == "linear equations"
+
+
+def test_parse_plain_and_fenced_json():
+    topics, kps = parse_reply(
+        '{"topics": ["Algebra"], "knowledge_points": ["Solving linear equations"]}', CFG
+    )
+    assert topics == ["Algebra"] and kps == ["Solving linear equations"]
+    fenced = '```json\n{"topics": ["Geometry", "Geometry "], "knowledge_points": ["Area of a circle"]}\n```'
+    assert parse_reply(fenced, CFG) == (["Geometry"], ["Area of a circle"])
+
+
+def test_parse_enforces_limits():
+    text = '{"topics": ["a", "b", "c"], "knowledge_points": ["1", "2", "3", "4", "5", "6", "7"]}'
+    topics, kps = parse_reply(text, CFG)
+    assert topics == ["a", "b"] and kps == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("Topics: algebra", "not a JSON object"),
+        ('{"topics": ["a"]}', "missing key"),
+        ('{"topics": [], "knowledge_points": ["k"]}', "at least one"),
+        ('{"topics": "algebra", "knowledge_points": ["k"]}', "list of strings"),
+        (None, "not a JSON object"),
+    ],
+)
+def test_parse_rejects_malformed(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_reply(text, CFG)
+
+
+def test_request_asks_for_json_schema_and_carries_retry_history():
+    req = build_request("What is 2+2?", CFG)
+    assert req.response_format["type"] == "json_object"
+    assert req.response_format["schema"]["properties"]["topics"]["maxItems"] == 2
+    assert "What is 2+2?" in req.messages[0]["content"]
+    retry = build_request(
+        "What is 2+2?", CFG, [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
+    )
+    assert len(retry.messages) == 3 and retry.key("m") != req.key("m")
+
+
+def _ex(i, topics, kps, error=None):
+    return Extraction(
+        Record(id=f"s{i}", dataset="custom", data_topic="custom", question=f"q{i}", answer=None),
+        topics,
+        kps,
+        error,
+        1,
+    )
+
+
+def test_frequency_filter_drops_concepts_seen_once():
+    exs = [
+        _ex(1, ["Algebra"], ["Linear equations", "Substitution"]),
+        _ex(2, ["Algebra", "Geometry"], ["Linear equations"]),
+        _ex(3, ["Geometry"], ["Area"]),
+        _ex(4, [], [], error="request failed: 500"),
+    ]
+    rows = to_rows(exs, min_count=2)
+    assert rows[0]["topics"] == ["Algebra"] and rows[0]["knowledge_points"] == ["Linear equations"]
+    assert rows[0]["raw_knowledge_points"] == ["Linear equations", "Substitution"]
+    assert rows[2]["topics"] == ["Geometry"] and rows[2]["knowledge_points"] == []
+    assert rows[3]["status"] == "failed" and rows[3]["error"].startswith("request failed")
+    s = summary(exs, 2)
+    assert (s["seeds"], s["ok"], s["failed"]) == (4, 3, 1)
+    assert (s["topics_before_filter"], s["topics_after_filter"]) == (2, 2)
+    assert (s["knowledge_points_before_filter"], s["knowledge_points_after_filter"]) == (3, 1)
+    table = {(r["type"], r["concept"]): (r["count"], r["kept"]) for r in frequency_table(exs, 2)}
+    assert table[("knowledge_point", "Linear equations")] == (2, True)
+    assert table[("knowledge_point", "Area")] == (1, False)
+
+
+def test_min_count_one_keeps_everything():
+    exs = [_ex(1, ["A"], ["k1"]), _ex(2, ["B"], ["k2"])]
+    assert [r["knowledge_points"] for r in to_rows(exs, 1)] == [["k1"], ["k2"]]
