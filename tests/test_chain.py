@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai import FakeOpenAI
 from mathscale_utils.chain import main, run_chain
 from mathscale_utils.io import read_json, read_jsonl
 from mathscale_utils.params import ROOT
+
+from fake_openai import FakeOpenAI
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 WORDS = ["percent", "speed", "area", "ratio", "probability", "sum", "volume", "root"]
