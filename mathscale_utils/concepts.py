@@ -37,7 +37,9 @@ class ExtractConfig(BaseModel):
     temperature: float = 0.0
     max_tokens: int = 256
     json_schema: bool = True
-    case_fold: bool = False
+    case_fold: bool = Field(
+        False, description="merge concepts differing only in case (shown in their most common form)"
+    )
 
 
 PROMPT = """You are a math teacher. Read the question below and work out what it is testing.
@@ -82,21 +84,20 @@ def build_request(question: str, cfg: ExtractConfig, history: list[dict] | None 
 _WS = re.compile(r"\s+")
 
 
-def normalise(concept: str, case_fold: bool = False) -> str:
-    """Minimal normalisation (METHOD.md §2): strip, collapse whitespace, drop trailing periods; optional case fold."""
-    s = _WS.sub(" ", concept).strip().rstrip(".").strip()
-    return s.casefold() if case_fold else s
+def normalise(concept: str) -> str:
+    """Minimal normalisation (METHOD.md §2): strip, collapse whitespace, drop trailing periods."""
+    return _WS.sub(" ", concept).strip().rstrip(".").strip()
 
 
-def _clean_list(value, limit: int, case_fold: bool) -> list[str]:
+def _clean_list(value, limit: int) -> list[str]:
     if not isinstance(value, list):
         raise ValueError("expected a list of strings")
     out: list[str] = []
     for item in value:
         if not isinstance(item, str):
             continue
-        s = normalise(item, case_fold)
-        if s and s not in out:
+        s = normalise(item)
+        if s and s.casefold() not in {o.casefold() for o in out}:
             out.append(s)
     return out[:limit]
 
@@ -109,8 +110,8 @@ def parse_reply(text: str | None, cfg: ExtractConfig) -> tuple[list[str], list[s
     missing = [k for k in ("topics", "knowledge_points") if k not in obj]
     if missing:
         raise ValueError(f"missing key(s) {missing}")
-    topics = _clean_list(obj["topics"], cfg.max_topics, cfg.case_fold)
-    kps = _clean_list(obj["knowledge_points"], cfg.max_knowledge_points, cfg.case_fold)
+    topics = _clean_list(obj["topics"], cfg.max_topics)
+    kps = _clean_list(obj["knowledge_points"], cfg.max_knowledge_points)
     if not topics or not kps:
         raise ValueError("topics and knowledge_points must each hold at least one non-empty string")
     return topics, kps
@@ -159,7 +160,21 @@ def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extract
                 out[i].topics, out[i].knowledge_points = parse_reply(res.text, cfg)
             except ValueError as e:
                 out[i].error = f"malformed reply after retry: {e}"
+    if cfg.case_fold:
+        merge_case_variants(out)
     return out
+
+
+def merge_case_variants(extractions: list[Extraction]) -> None:
+    """Rename concepts that differ only in case to their most common surface form (ties: first seen), in place."""
+    for attr in ("topics", "knowledge_points"):
+        forms: dict[str, Counter] = {}
+        for ex in extractions:
+            for c in getattr(ex, attr):
+                forms.setdefault(c.casefold(), Counter())[c] += 1
+        chosen = {k: f.most_common(1)[0][0] for k, f in forms.items()}
+        for ex in extractions:
+            setattr(ex, attr, list(dict.fromkeys(chosen[c.casefold()] for c in getattr(ex, attr))))
 
 
 def concept_counts(extractions: list[Extraction]) -> tuple[Counter, Counter]:

@@ -7,6 +7,7 @@ from mathscale_utils.concepts import (
     Extraction,
     build_request,
     frequency_table,
+    merge_case_variants,
     normalise,
     parse_reply,
     summary,
@@ -29,8 +30,18 @@ def test_normalise(raw, expected):
     assert normalise(raw) == expected
 
 
-def test_normalise_case_fold_is_optional():
-    assert normalise("Linear Equations", case_fold=True) == "linear equations"
+def test_case_variants_merge_only_when_asked():
+    exs = [
+        _ex(1, ["Algebra"], ["Area of a circle"]),
+        _ex(2, ["algebra"], ["Area of a Circle"]),
+        _ex(3, ["Algebra"], ["x"]),
+    ]
+    merge_case_variants(exs)
+    assert [e.topics for e in exs] == [["Algebra"], ["Algebra"], ["Algebra"]]
+    assert exs[1].knowledge_points == ["Area of a circle"]  # tie: the first form seen wins
+    assert parse_reply('{"topics": ["Geometry", "geometry"], "knowledge_points": ["k"]}', CFG)[0] == [
+        "Geometry"
+    ]
 
 
 def test_parse_plain_and_fenced_json():
