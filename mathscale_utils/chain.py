@@ -1,6 +1,7 @@
 """Run the numbered notebooks with papermill from one params file and record a manifest.
 
     python -m mathscale_utils.chain params/quickstart.yaml [--only 01,02] [--from 03]
+    python -m mathscale_utils.chain --sweep params/scaling_cpu.yaml
 
 Writes outputs/<run_name>/: executed notebooks under notebooks/, each stage's artifacts, and manifest.json (git
 commit, params, package versions, seed, per-stage wall time, tokens, cost, status). Only the params file path is
@@ -11,15 +12,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import json
 import platform
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from mathscale_utils.io import read_json, write_json
-from mathscale_utils.params import ROOT, STAGES, Params, ParamsError, load_params
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mathscale_utils.io import read_json, write_json, write_text
+from mathscale_utils.params import ROOT, STAGES, Params, ParamsError, load_params, parse_params, resolve_path
 
 KERNEL = "mathscale"
 NOTEBOOKS = {
@@ -173,13 +179,95 @@ def run_chain(params_file: str | Path, only: str | None = None, start: str | Non
     return manifest
 
 
+class SweepSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    set: dict[str, Any] = Field(default_factory=dict)  # dotted keys, e.g. {"generate.n_questions": 64}
+
+
+class Sweep(BaseModel):
+    """A list of settings run from one base params file, each in its own run directory, sharing one LLM cache.
+
+    Sharing the cache is what shares the common stages: a setting re-extracts the same seeds and re-generates the
+    same first compositions for free, so a larger size only pays for the pairs the smaller one did not have.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sweep_name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    base: str
+    settings: list[SweepSetting]
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ParamsError(f"sweep: key '{dotted}': '{k}' is not a section")
+    d[keys[-1]] = value
+
+
+def sweep_params(sweep_file: str | Path) -> list[Path]:
+    """Write one full params file per setting (outputs/<sweep>/params/<name>.yaml), validated before any run."""
+    sweep_file = resolve_path(sweep_file)
+    try:
+        sweep = Sweep.model_validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")))
+    except (ValidationError, yaml.YAMLError, OSError) as e:
+        raise ParamsError(f"{sweep_file}: invalid sweep file: {e}") from None
+    base_file = resolve_path(sweep.base)
+    base = load_params(base_file)
+    base_dict = yaml.safe_load(base_file.read_text(encoding="utf-8"))
+    sweep_dir = base.run_dir.parent / sweep.sweep_name
+    out = []
+    for setting in sweep.settings:
+        d = json.loads(json.dumps(base_dict))
+        for k, v in setting.set.items():
+            _set_dotted(d, k, v)
+        d["run_name"] = f"{sweep.sweep_name}-{setting.name}"
+        d["outputs_dir"] = str(sweep_dir / "runs")
+        d["cache_dir"] = str(sweep_dir / "cache")
+        d["tags"] = {**d.get("tags", {}), "sweep": sweep.sweep_name, "setting": setting.name, **setting.set}
+        text = yaml.safe_dump(d, sort_keys=False)
+        path = sweep_dir / "params" / f"{setting.name}.yaml"
+        parse_params(text, source=f"{sweep_file} (setting {setting.name})")
+        write_text(path, text)
+        out.append(path)
+    return out
+
+
+def run_sweep(sweep_file: str | Path) -> list[dict]:
+    """Run every setting of a sweep in order; a setting already completed with the same params is skipped."""
+    manifests = []
+    for params_file in sweep_params(sweep_file):
+        params = load_params(params_file)
+        manifest_path = params.run_dir / "manifest.json"
+        if manifest_path.exists():
+            m = read_json(manifest_path)
+            if m.get("status") == "ok" and m.get("params") == params.model_dump(mode="json"):
+                print(f"[sweep] {params.run_name}: already done, skipped", flush=True)
+                manifests.append(m)
+                continue
+        print(f"[sweep] {params.run_name}", flush=True)
+        manifests.append(run_chain(params_file))
+    return manifests
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mathscale_utils.chain", description=__doc__.split("\n")[0])
-    ap.add_argument("params", help="params YAML file, e.g. params/quickstart.yaml")
+    ap.add_argument("params", nargs="?", help="params YAML file, e.g. params/quickstart.yaml")
+    ap.add_argument("--sweep", help="sweep YAML file: run every setting in it (see params/scaling_cpu.yaml)")
     ap.add_argument("--only", help="comma-separated stages to run, e.g. 01,02")
     ap.add_argument("--from", dest="start", help="run from this stage on, e.g. 03")
     args = ap.parse_args(argv)
+    if bool(args.params) == bool(args.sweep):
+        ap.error("give either a params file or --sweep FILE")
     try:
+        if args.sweep:
+            ms = run_sweep(args.sweep)
+            print(f"[sweep] done: {len(ms)} setting(s)")
+            return 0
         manifest = run_chain(args.params, only=args.only, start=args.start)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)

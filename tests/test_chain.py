@@ -137,3 +137,38 @@ def test_smoke_params_with_the_embedded_model(tmp_path):
     assert manifest["stages"]["01"]["llm"]["total"]["requests"] >= 8
     summary = read_json(run_dir / "extract_summary.json")
     assert summary["seeds"] == 8 and summary["ok"] + summary["failed"] == 8
+
+
+def test_sweep_shares_the_cache_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", "x")
+    with FakeOpenAI(answer=scripted_extraction) as fake:
+        base = write_params(tmp_path, fake.base_url, limit=6)
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(
+            f"sweep_name: sw\nbase: {base}\nsettings:\n"
+            "  - name: a\n    set: {extract.min_count: 2}\n"
+            "  - name: b\n    set: {extract.min_count: 1}\n"
+        )
+        assert main(["--sweep", str(sweep)]) == 0
+        assert fake.total_completed == 6  # setting b extracted the same seeds from the shared cache
+        runs = tmp_path / "out" / "sw" / "runs"
+        a, b = (read_json(runs / f"sw-{n}" / "manifest.json") for n in "ab")
+        assert a["params"]["tags"] == {"sweep": "sw", "setting": "a", "extract.min_count": 2}
+        assert b["stages"]["01"]["llm"]["session"]["cache_hits"] == 6
+        rows_a = read_jsonl(runs / "sw-a" / "concepts.jsonl")
+        rows_b = read_jsonl(runs / "sw-b" / "concepts.jsonl")
+        assert sum(map(len, (r["knowledge_points"] for r in rows_b))) > sum(
+            map(len, (r["knowledge_points"] for r in rows_a))
+        )
+        assert main(["--sweep", str(sweep)]) == 0  # both settings done: skipped
+        assert fake.total_completed == 6
+
+
+def test_sweep_rejects_unknown_keys(tmp_path, capsys):
+    base = write_params(tmp_path, "http://127.0.0.1:9/v1")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"sweep_name: sw\nbase: {base}\nsettings:\n  - name: a\n    set: {{extract.min_cuont: 2}}\n"
+    )
+    assert main(["--sweep", str(sweep)]) == 2
+    assert "extract.min_cuont" in capsys.readouterr().err
