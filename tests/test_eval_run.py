@@ -1,0 +1,194 @@
+"""run_eval end to end: the real LLM client against the fake OpenAI server, plus a duck-typed fake for edge cases."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mathscale_utils.data import Record
+from mathscale_utils.io import DataError
+from mathscale_utils.llm import LLM, LLMConfig
+from mathscale_utils.mwpbench import (
+    STOP_STRINGS,
+    EvalConfig,
+    compute_metrics,
+    disagreements,
+    error_examples,
+    fill_template,
+    load_predictions,
+    rejudge,
+    run_eval,
+    write_fresh_gaokao_check,
+)
+
+from fake_openai import fail_first, prompt_of
+
+RECORDS = [
+    Record("gsm8k.0", "gsm8k", "gsm8k", "Janet has 3 apples and buys 15 more. How many?", "18"),
+    Record("gsm8k.1", "gsm8k", "gsm8k", "What is 6 x 7?", "42"),
+    Record("MATH.a", "MATH", "MATH.Algebra", "Compute $\\frac{1}{2}+\\frac{1}{4}$.", "\\frac{3}{4}"),
+    Record("MATH.g", "MATH", "MATH.Geometry", "A square has side 3. Area?", "9"),
+    Record("college.0", "college_math", "college_math.algebra", "Simplify: $-10-4(n-5)$", "$10-4 n$"),
+    Record("tal.0", "tal", "tal", "What is half of 1?", "$$0.5$$"),
+    Record("fresh.1", "fresh_gaokao_math_2023", "FreshGaokaoMath2023", "Find x if 2x=2.", "1"),
+]
+ANSWERS = {  # question -> completion
+    RECORDS[0].question: "She has 3 + 15 = 18 apples. The answer is 18.",
+    RECORDS[1].question: "6 x 7 = 41. The answer is 41.",  # wrong
+    RECORDS[2].question: "We get $\\boxed{\\frac{3}{4}}$.",
+    RECORDS[3].question: "The area is $3^2 = \\boxed{9}$.",
+    RECORDS[4].question: "The answer is $10-4n$.",
+    RECORDS[5].question: "Half of one is \\boxed{\\frac{1}{2}}.",  # paper judge: wrong ("0.5" rule one-sided)
+    RECORDS[6].question: "So x = 1. The answer is 1.",
+}
+
+
+def _answer(body: dict) -> str:
+    prompt = prompt_of(body)
+    for q, a in ANSWERS.items():
+        if q in prompt:
+            return a
+    return "I do not know."
+
+
+def _llm(fake, tmp_path: Path, **kw) -> LLM:
+    cfg = LLMConfig(
+        model="fake-model", base_url=fake.base_url, concurrency=4, max_retries=2, retry_initial_s=0.01, **kw
+    )
+    return LLM(
+        cfg, cache_dir=tmp_path / "cache", stage="05_eval", usage_dir=tmp_path / "usage", progress=False
+    )
+
+
+def test_run_eval_through_the_llm_client(fake_openai, tmp_path):
+    fake_openai.answer = _answer
+    cfg = EvalConfig(max_tokens=64, chunk_size=3)
+    out = tmp_path / "predictions.jsonl"
+    with _llm(fake_openai, tmp_path) as llm:
+        rows = run_eval(RECORDS, llm, cfg, out)
+    assert [r["id"] for r in rows] == [r.id for r in RECORDS]
+    # what was sent: one user message with the filled template, greedy, the paper's stop strings
+    assert len(fake_openai.bodies) == len(RECORDS)
+    for body in fake_openai.bodies:
+        assert len(body["messages"]) == 1 and body["messages"][0]["role"] == "user"
+        assert body["temperature"] == 0.0 and body["max_tokens"] == 64
+        assert body["stop"] == list(STOP_STRINGS)
+    sent = {b["messages"][0]["content"] for b in fake_openai.bodies}
+    assert sent == {fill_template("alpaca", r.question) for r in RECORDS}
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["gsm8k.0"]["paper_correct"] and by_id["gsm8k.0"]["extracted"] == "18"
+    assert not by_id["gsm8k.1"]["paper_correct"] and not by_id["gsm8k.1"]["strict_correct"]
+    assert by_id["MATH.a"]["paper_correct"] and by_id["MATH.a"]["strict_correct"]
+    assert by_id["tal.0"]["strict_correct"] and not by_id["tal.0"]["paper_correct"]
+    assert all(r["error"] is None and r["template"] == "alpaca" and r["model"] == "fake-model" for r in rows)
+    saved = load_predictions(out)
+    assert [r["id"] for r in saved] == [r["id"] for r in rows]
+    m = compute_metrics(saved)
+    assert m["paper"]["datasets"]["gsm8k"]["accuracy"] == 50.0
+    assert m["paper"]["datasets"]["MATH"]["accuracy"] == 100.0
+    assert m["paper"]["fresh_gaokao_math_2023"]["accuracy"] == 100.0
+    assert m["n_items"] == 6 and m["n_errors"] == 0 and m["n_disagreements"] == 1
+    assert [d["id"] for d in disagreements(saved)] == ["tal.0"]
+    assert set(error_examples(saved)) == {"gsm8k", "tal"}
+    page = write_fresh_gaokao_check(saved, tmp_path / "fresh.html", records=[RECORDS[-1]])
+    text = page.read_text()
+    assert "Find x if 2x=2." in text and "1 of 1 questions evaluated" in text
+
+
+def test_failed_requests_are_scored_wrong_counted_and_retried_on_resume(fake_openai, tmp_path):
+    fake_openai.answer = _answer
+    bad = fill_template("alpaca", RECORDS[0].question)
+    fake_openai.fault = fail_first("400", times=1, prompts={bad})  # a non-retryable error, once
+    cfg = EvalConfig(max_tokens=32)
+    out = tmp_path / "predictions.jsonl"
+    with _llm(fake_openai, tmp_path) as llm:
+        rows = run_eval(RECORDS, llm, cfg, out)
+    failed = {r["id"]: r for r in rows}["gsm8k.0"]
+    assert (
+        failed["error"]
+        and failed["completion"] == ""
+        and not failed["paper_correct"]
+        and not failed["strict_correct"]
+    )
+    m = compute_metrics(load_predictions(out))
+    assert m["n_errors"] == 1 and m["paper"]["datasets"]["gsm8k"]["correct"] == 0
+    # resume: only the failed item is asked again; it now succeeds and its newer row wins
+    fake_openai.reset_counters()
+    fake_openai.fault = None
+    with _llm(fake_openai, tmp_path) as llm:
+        rows = run_eval(RECORDS, llm, cfg, out)
+    assert sum(fake_openai.received.values()) == 1
+    assert {r["id"]: r for r in rows}["gsm8k.0"]["paper_correct"]
+    assert compute_metrics(load_predictions(out))["n_errors"] == 0
+
+
+def test_killed_run_resumes_without_repeating(fake_openai, tmp_path):
+    fake_openai.answer = _answer
+    cfg = EvalConfig(max_tokens=32, chunk_size=2)
+    out = tmp_path / "predictions.jsonl"
+    with _llm(fake_openai, tmp_path) as llm:
+        run_eval(RECORDS[:3], llm, cfg, out)  # "killed" after three items
+    with open(out, "a", encoding="utf-8") as f:  # and a torn half-written line at the end
+        f.write('{"id": "MATH.g", "dataset": "MA')
+    fake_openai.reset_counters()
+    with _llm(fake_openai, tmp_path / "other") as llm:  # a fresh cache: any repeat would reach the server
+        rows = run_eval(RECORDS, llm, cfg, out)
+    assert sum(fake_openai.received.values()) == len(RECORDS) - 3
+    assert [r["id"] for r in rows] == [r.id for r in RECORDS]
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(RECORDS) and all(json.loads(x) for x in lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a duck-typed LLM (same chat_many interface) for edge cases
+
+
+@dataclass
+class _Result:
+    text: str | None
+    error: str | None = None
+    cached: bool = False
+
+
+class _FakeLLM:
+    def __init__(self, reply):
+        self.reply, self.calls = reply, []
+
+    def chat_many(self, requests, desc=""):
+        self.calls.append(len(requests))
+        return [self.reply(r.messages[0]["content"]) for r in requests]
+
+
+def test_duck_typed_llm_none_text_and_chunks(tmp_path):
+    llm = _FakeLLM(lambda p: _Result(None) if "6 x 7" in p else _Result("The answer is 18."))
+    rows = run_eval(RECORDS[:4], llm, EvalConfig(chunk_size=3), tmp_path / "p.jsonl")
+    assert llm.calls == [3, 1]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["gsm8k.1"]["error"] == "no text in the response" and not by_id["gsm8k.1"]["paper_correct"]
+    assert by_id["gsm8k.0"]["paper_correct"] and by_id["gsm8k.0"]["model"] is None
+
+
+def test_a_different_template_needs_a_fresh_file(tmp_path):
+    llm = _FakeLLM(lambda p: _Result("The answer is 18."))
+    out = tmp_path / "p.jsonl"
+    run_eval(RECORDS[:2], llm, EvalConfig(), out)
+    with pytest.raises(DataError, match="different prompt"):
+        run_eval(RECORDS[:2], llm, EvalConfig(template="alpaca_force_ans"), out)
+    run_eval(RECORDS[:2], llm, EvalConfig(template="alpaca_force_ans", stop=None), tmp_path / "q.jsonl")
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run_eval(
+            [RECORDS[0], RECORDS[0]], _FakeLLM(lambda p: _Result("x")), EvalConfig(), tmp_path / "p.jsonl"
+        )
+
+
+def test_rejudge_recomputes_verdicts(tmp_path):
+    llm = _FakeLLM(lambda p: _Result("The answer is 18."))
+    rows = run_eval(RECORDS[:2], llm, EvalConfig(), tmp_path / "p.jsonl")
+    again = rejudge(rows, golds={"gsm8k.1": "18"})
+    assert [r["paper_correct"] for r in again] == [True, True]
