@@ -1,0 +1,411 @@
+"""The Batch API path against a fake /v1/files + /v1/batches server on loopback: upload, create, status transitions,
+output and error files, resubmission of only the failed/expired requests, state that survives a restart, and the
+generation stage running on it with no live call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from mathscale_utils import generate as gen
+from mathscale_utils.batch import BatchBudgetError, BatchConfig, BatchRunner, cache_lookup, request_body
+from mathscale_utils.io import read_json
+from mathscale_utils.llm import LLM, ChatRequest, LLMConfig
+from mathscale_utils.params import load_params
+
+Plan = Callable[[str, dict, int], str]  # (custom_id, body, submission number) -> "ok" | "fail" | "expire"
+
+
+def echo(body: dict) -> str:
+    return "reply to " + body["messages"][-1]["content"]
+
+
+class FakeBatchAPI:
+    """OpenAI-compatible Files + Batches endpoints. A batch advances one status per retrieve (validating ->
+    in_progress -> finalizing -> terminal) unless `hold` is set; `plan` decides each request's fate."""
+
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        answer: Callable[[dict], str | dict] = echo,
+        fail_first_batch: bool = False,
+    ):
+        self.plan = plan or (lambda cid, body, n: "ok")
+        self.answer, self.fail_first_batch = answer, fail_first_batch
+        self.hold = False
+        self.files: dict[str, tuple[bytes, str, str]] = {}
+        self.batches: dict[str, dict] = {}
+        self.submissions: Counter[str] = Counter()  # custom_id -> times submitted in a created batch
+        self.calls: Counter[str] = Counter()  # endpoint -> requests
+        self.port = 0
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _file(self, data: bytes, purpose: str, name: str) -> dict:
+        fid = f"file-{len(self.files) + 1:03d}"
+        self.files[fid] = (data, purpose, name)
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self.calls["files.create"] += 1
+        form = await request.post()
+        f = form["file"]
+        assert form["purpose"] == "batch"
+        return web.json_response(self._file(f.file.read(), "batch", f.filename))
+
+    async def content(self, request: web.Request) -> web.Response:
+        self.calls["files.content"] += 1
+        return web.Response(
+            body=self.files[request.match_info["fid"]][0], content_type="application/octet-stream"
+        )
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.calls["batches.create"] += 1
+        body = await request.json()
+        assert body["endpoint"] == "/v1/chat/completions" and body["completion_window"] == "24h"
+        lines = [
+            json.loads(x) for x in self.files[body["input_file_id"]][0].decode().splitlines() if x.strip()
+        ]
+        for line in lines:
+            assert (
+                line["method"] == "POST"
+                and line["url"] == "/v1/chat/completions"
+                and "messages" in line["body"]
+            )
+            self.submissions[line["custom_id"]] += 1
+        bid = f"batch_{len(self.batches) + 1:03d}"
+        b = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": body["input_file_id"],
+             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
+             "created_at": int(time.time()), "metadata": body.get("metadata"),
+             "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}  # fmt: skip
+        self.batches[bid] = {
+            "obj": b,
+            "lines": lines,
+            "polls": 0,
+            "rounds": [self.submissions[x["custom_id"]] for x in lines],
+        }
+        return web.json_response(b)
+
+    def _finish(self, st: dict) -> None:
+        b = st["obj"]
+        if self.fail_first_batch and b["id"] == "batch_001":
+            b["status"] = "failed"
+            b["errors"] = {
+                "object": "list",
+                "data": [{"code": "invalid_file", "message": "injected validation failure"}],
+            }
+            return
+        out, err, expired = [], [], False
+        for line, n in zip(st["lines"], st["rounds"], strict=True):
+            cid, body = line["custom_id"], line["body"]
+            fate = self.plan(cid, body, n)
+            if fate == "ok":
+                a = self.answer(body)
+                a = {"content": a} if isinstance(a, str) else a
+                comp = {"id": f"chatcmpl-{cid[:8]}", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": a["content"]},
+                                     "finish_reason": a.get("finish_reason", "stop")}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+                out.append(
+                    {
+                        "id": f"batch_req_{cid[:8]}",
+                        "custom_id": cid,
+                        "response": {"status_code": 200, "request_id": "r", "body": comp},
+                        "error": None,
+                    }
+                )
+            elif fate == "fail":
+                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "error": None,
+                            "response": {"status_code": 500, "request_id": "r", "body": {"error": {"message": "injected server error", "type": "server_error"}}}})  # fmt: skip
+            else:
+                expired = True
+                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": None,
+                            "error": {"code": "batch_expired", "message": "not executed before the completion window expired"}})  # fmt: skip
+        b["status"] = "expired" if expired else "completed"
+        b["request_counts"] = {"total": len(st["lines"]), "completed": len(out), "failed": len(err)}
+        if out:
+            b["output_file_id"] = self._file(
+                "".join(json.dumps(x) + "\n" for x in out).encode(), "batch_output", "out.jsonl"
+            )["id"]
+        if err:
+            b["error_file_id"] = self._file(
+                "".join(json.dumps(x) + "\n" for x in err).encode(), "batch_output", "err.jsonl"
+            )["id"]
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        self.calls["batches.retrieve"] += 1
+        st = self.batches[request.match_info["bid"]]
+        b = st["obj"]
+        if b["status"] in ("completed", "expired", "failed", "cancelled") or self.hold:
+            return web.json_response(b)
+        st["polls"] += 1
+        if st["polls"] == 1:
+            b["status"] = "in_progress"
+        elif st["polls"] == 2:
+            b["status"] = "finalizing"
+        else:
+            self._finish(st)
+        return web.json_response(b)
+
+    async def list(self, request: web.Request) -> web.Response:
+        self.calls["batches.list"] += 1
+        data = [st["obj"] for st in reversed(self.batches.values())]
+        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None, "has_more": False})  # fmt: skip
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.calls["chat"] += 1  # the batch path must never get here
+        return web.json_response({"error": {"message": "live calls are not expected"}}, status=400)
+
+    def __enter__(self) -> FakeBatchAPI:
+        def run() -> None:
+            async def serve() -> None:
+                app = web.Application(client_max_size=64 * 1024**2)
+                app.router.add_post("/v1/files", self.upload)
+                app.router.add_get("/v1/files/{fid}/content", self.content)
+                app.router.add_post("/v1/batches", self.create)
+                app.router.add_get("/v1/batches", self.list)
+                app.router.add_get("/v1/batches/{bid}", self.retrieve)
+                app.router.add_post("/v1/chat/completions", self.chat)
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                self.port = runner.addresses[0][1]
+                self._stop = asyncio.Event()
+                self._ready.set()
+                await self._stop.wait()
+                await runner.cleanup()
+
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(serve())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", "sk-test-key-0123456789")
+    monkeypatch.delenv("MATHSCALE_DATA_DIR", raising=False)
+
+
+def make_llm(tmp_path: Path, base_url: str, **kw) -> LLM:
+    cfg = LLMConfig(
+        model="fake-model", base_url=base_url, api_key_env="MATHSCALE_TEST_KEY", max_retries=2, **kw
+    )
+    return LLM(cfg, cache_dir=tmp_path / "cache", stage="t", progress=False)
+
+
+def requests(n: int = 10) -> list[ChatRequest]:
+    return [
+        ChatRequest(
+            messages=[{"role": "user", "content": f"question {i}"}], temperature=0.7, max_tokens=64, seed=0
+        )
+        for i in range(n)
+    ]
+
+
+def test_collects_outputs_and_resubmits_only_failed_and_expired(tmp_path):
+    reqs = requests()
+    keys = [r.key("fake-model") for r in reqs]
+    fail, expire = {keys[1], keys[4]}, {keys[7], keys[8]}
+
+    def plan(cid, body, n):
+        if n == 1 and cid in fail:
+            return "fail"
+        if n == 1 and cid in expire:
+            return "expire"
+        return "ok"
+
+    with FakeBatchAPI(plan) as api:
+        llm = make_llm(tmp_path, api.base_url)
+        runner = BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None)
+        rep = runner.run(reqs)
+        assert rep["done"] and rep["cached"] == 10 and not rep["given_up"] and rep["pending"] == 0
+        assert api.calls["batches.create"] == 2 and api.calls["files.create"] == 2
+        assert all(api.submissions[k] == (2 if k in fail | expire else 1) for k in keys)
+        state = read_json(tmp_path / "batches" / "state.json")
+        assert [(j["status"], j["n"], j["succeeded"], j["failed"], j["round"]) for j in state["jobs"]] == [
+            ("expired", 10, 6, 4, 1),
+            ("completed", 4, 4, 0, 2),
+        ]
+        assert (
+            state["failures"][keys[1]]["error"].startswith("HTTP 500")
+            and "batch_expired" in state["failures"][keys[7]]["error"]
+        )
+        assert state["usage"]["prompt_tokens"] == 100 and state["usage"]["completion_tokens"] == 50
+        # the normal chat path now finds every reply in the cache (also from a fresh client): no live call
+        for client in (llm, make_llm(tmp_path, api.base_url)):
+            res = client.chat_many(reqs)
+            assert all(r.cached and r.text == f"reply to question {i}" for i, r in enumerate(res))
+        assert api.calls["chat"] == 0
+        # running again submits nothing
+        assert (
+            BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(reqs)[
+                "cached_before"
+            ]
+            == 10
+        )
+        assert api.calls["batches.create"] == 2
+
+
+def test_restarted_collector_resumes_the_same_jobs(tmp_path):
+    reqs = requests(6)
+    with FakeBatchAPI() as api:
+        api.hold = True
+        cfg = BatchConfig(poll_s=0.01, max_wait_s=0.05)
+        rep = BatchRunner(
+            make_llm(tmp_path, api.base_url), tmp_path / "batches", cfg, log=lambda s: None
+        ).run(reqs)
+        assert not rep["done"] and rep["pending"] == 6 and rep["cached"] == 0
+        ids = [j["batch_id"] for j in read_json(tmp_path / "batches" / "state.json")["jobs"]]
+        assert ids == ["batch_001"]
+        # a new process: fresh LLM object, fresh runner, same state folder
+        api.hold = False
+        rep = BatchRunner(
+            make_llm(tmp_path, api.base_url), tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None
+        ).run(reqs)
+        assert rep["done"] and rep["cached"] == 6
+        assert [j["batch_id"] for j in read_json(tmp_path / "batches" / "state.json")["jobs"]] == ids
+        assert api.calls["batches.create"] == 1 and set(api.submissions.values()) == {1}
+
+
+def test_unsaved_batch_id_is_found_again_not_recreated(tmp_path):
+    reqs = requests(3)
+    with FakeBatchAPI() as api:
+        api.hold = True
+        BatchRunner(
+            make_llm(tmp_path, api.base_url),
+            tmp_path / "batches",
+            BatchConfig(poll_s=0, max_wait_s=0),
+            log=lambda s: None,
+        ).run(reqs)
+        state_path = tmp_path / "batches" / "state.json"
+        state = read_json(state_path)
+        state["jobs"][0]["batch_id"] = None  # the process died between batches.create and saving its answer
+        state_path.write_text(json.dumps(state))
+        api.hold = False
+        rep = BatchRunner(
+            make_llm(tmp_path, api.base_url), tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None
+        ).run(reqs)
+        assert rep["done"] and rep["cached"] == 3
+        assert (
+            api.calls["batches.create"] == 1
+            and api.calls["batches.list"] == 1
+            and api.calls["files.create"] == 1
+        )
+
+
+def test_gives_up_after_max_rounds_and_survives_a_failed_batch(tmp_path):
+    reqs = requests(4)
+    bad = reqs[2].key("fake-model")
+    with FakeBatchAPI(plan=lambda cid, body, n: "fail" if cid == bad else "ok", fail_first_batch=True) as api:
+        rep = BatchRunner(
+            make_llm(tmp_path, api.base_url),
+            tmp_path / "batches",
+            BatchConfig(poll_s=0, max_rounds=3),
+            log=lambda s: None,
+        ).run(reqs)
+        assert rep["done"] and rep["cached"] == 3 and list(rep["given_up"]) == [bad]
+        assert "HTTP 500" in rep["given_up"][bad]
+        state = read_json(tmp_path / "batches" / "state.json")
+        assert state["jobs"][0]["status"] == "failed" and state["jobs"][0]["failed"] == 4
+        assert api.submissions[bad] == 3 and all(v == 2 for k, v in api.submissions.items() if k != bad)
+        assert cache_lookup(make_llm(tmp_path, api.base_url), bad) is None
+
+
+def test_budget_is_checked_before_anything_is_uploaded(tmp_path):
+    with FakeBatchAPI() as api:
+        llm = make_llm(
+            tmp_path,
+            api.base_url,
+            price_prompt_per_1m=1000.0,
+            price_completion_per_1m=1000.0,
+            budget_usd=0.01,
+        )
+        with pytest.raises(BatchBudgetError, match="budget"):
+            BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(requests(5))
+        assert api.calls["files.create"] == 0
+
+
+def test_request_lines_match_the_live_body(tmp_path):
+    r = ChatRequest(
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=9,
+        seed=3,
+        response_format={"type": "json_object", "schema": {"type": "object"}},
+    )
+    body = request_body(r, "m")
+    assert body["seed"] == 3 and body["model"] == "m" and body["response_format"]["type"] == "json_schema"
+    with pytest.raises(ValueError, match="base_url"):
+        _ = BatchRunner(
+            make_llm(tmp_path, None), tmp_path / "b", log=lambda s: None
+        ).client  # the embedded server has no Batch API
+
+
+def test_generation_stage_on_the_batch_backend(tmp_path):
+    from test_generate import make_run, scripted_generation
+
+    modes = ["ok", "malformed-once", "ok", "truncated", "boxed", "ok"]
+    with FakeBatchAPI(answer=scripted_generation) as api:
+        params = make_run(
+            tmp_path, api.base_url, modes, decontaminate=False, backend="batch", batch={"poll_s": 0}
+        )
+        summary = gen.run(load_params(params), progress=False, log=lambda s: None)
+        assert api.calls["chat"] == 0  # every reply came through the Batch API
+        assert api.calls["batches.create"] == 2  # the first requests, then the two retries
+        assert sum(api.submissions.values()) == 6 + 2
+        assert summary["funnel"][2] == {"step": "parsed (one retry)", "kept": 6, "removed": 0}
+        assert summary["usage"]["session"]["requests"] == 0 and summary["usage"]["session"]["cache_hits"] == 8
+        assert summary["batch"]["usage"]["prompt_tokens"] == 80
+
+
+def test_generation_waits_for_running_jobs_without_live_calls(tmp_path):
+    from test_generate import make_run, scripted_generation
+
+    with FakeBatchAPI(answer=scripted_generation) as api:
+        api.hold = True
+        params = make_run(
+            tmp_path,
+            api.base_url,
+            ["ok"] * 5,
+            decontaminate=False,
+            backend="batch",
+            batch={"poll_s": 0, "max_wait_s": 0},
+        )
+        s1 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        assert api.calls["chat"] == 0 and api.calls["batches.create"] == 1
+        assert s1["funnel"][1] == {"step": "reached (run stopped early)", "kept": 0, "removed": 5}
+        api.hold = False
+        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)  # one poll: still running
+        assert s2["funnel"][1]["step"].startswith("reached") and api.calls["chat"] == 0
+        params.write_text(params.read_text().replace('"max_wait_s": 0', '"max_wait_s": null'))
+        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        assert api.calls["chat"] == 0 and api.calls["batches.create"] == 1  # the same job, collected
+        assert s2["funnel"][-1]["kept"] == 5 and set(api.submissions.values()) == {1}
