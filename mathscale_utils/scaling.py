@@ -1,0 +1,218 @@
+"""Scaling curves and run comparison (paper §5.1-5.2): read every run under outputs/ into one table.
+
+The paper's claim is that MWPBench accuracy grows about logarithmically with the number of generated training pairs,
+and its ablations (Table 6) say knowledge points matter most. This module gathers what the chain wrote for each run
+(manifest, extraction and generation summaries, training card, metrics) so notebook 06 can draw those curves.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from mathscale_utils.io import DataError, read_json, read_jsonl
+from mathscale_utils.mwpbench import JUDGES
+
+PAPER_PAIRS = 2_000_000  # MathScaleQA's generated pairs (paper §4.1)
+# Reference points on MWPBench with LLaMA-2 7B (METHOD.md §9.3-9.5): training pairs -> macro / micro accuracy.
+PAPER_POINTS = [
+    {"pairs": 5_000, "macro": 11.5, "micro": 10.6, "source": "Table 7 (5K, GPT-3.5 solutions)"},
+    {"pairs": 25_000, "macro": 14.5, "micro": None, "source": "Table 6 (25K, all seeds and concepts)"},
+    {"pairs": 2_020_857, "macro": 37.5, "micro": 35.0, "source": "Table 5 (MathScale-7B)"},
+]
+# Table 6's settings, as the sweep tags them (see params/scaling_cpu.yaml).
+PAPER_TABLE6 = {"full": 14.5, "seeds50": 14.0, "gsm8k_math": 13.9, "topics50": 14.1, "kps50": 13.2}
+
+
+def _read(path: Path) -> dict:
+    try:
+        return read_json(path) if path.exists() else {}
+    except DataError:
+        return {}
+
+
+def _count_lines(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
+    """One row per run directory (any folder under outputs_dir holding a manifest.json)."""
+    rows = []
+    for manifest_path in sorted(Path(outputs_dir).rglob("manifest.json")):
+        run_dir = manifest_path.parent
+        m = _read(manifest_path)
+        if not m:
+            continue
+        extract = _read(run_dir / "extract_summary.json")
+        gen = _read(run_dir / "generate_summary.json")
+        card = _read(run_dir / "adapter" / "training_card.json")
+        metrics = _read(run_dir / "metrics.json")
+        tags = m.get("params", {}).get("tags", {}) or {}
+        row = {
+            "run": m.get("run_name", run_dir.name),
+            "run_dir": str(run_dir),
+            "status": m.get("status"),
+            "sweep": tags.get("sweep"),
+            "setting": tags.get("setting"),
+            "seeds": extract.get("seeds"),
+            "topics": extract.get("topics_after_filter"),
+            "knowledge_points": extract.get("knowledge_points_after_filter"),
+            "generated_pairs": gen.get("counts", {}).get("generated_kept"),
+            "train_rows": card.get("n_examples", _count_lines(run_dir / "mathscaleqa.jsonl")),
+            "train_steps": card.get("steps"),
+            "eval_model": metrics.get("model"),
+            "eval_items": metrics.get("n_items"),
+        }
+        for judge in JUDGES:
+            j = metrics.get(judge, {})
+            row[f"{judge}_micro"] = j.get("micro")
+            row[f"{judge}_macro"] = j.get("macro")
+            for dataset, d in (j.get("datasets") or {}).items():
+                row[f"{judge}:{dataset}"] = d.get("accuracy") if isinstance(d, dict) else d
+        for stage, s in (m.get("stages") or {}).items():
+            row[f"wall_s_{stage}"] = s.get("wall_s")
+            total = (s.get("llm") or {}).get("total") or {}
+            row[f"calls_{stage}"] = total.get("attempts")
+            row[f"tokens_{stage}"] = (total.get("prompt_tokens") or 0) + (total.get("completion_tokens") or 0)
+            row[f"cost_usd_{stage}"] = total.get("cost_usd")
+        row.update({f"tag:{k}": v for k, v in tags.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scaling_frame(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
+    """Long table for curves: one row per (run, metric) with the number of generated training pairs."""
+    if runs.empty:
+        return pd.DataFrame(columns=["run", "pairs", "metric", "accuracy"])
+    cols = [c for c in runs.columns if c.startswith(f"{judge}:") or c in (f"{judge}_micro", f"{judge}_macro")]
+    long = runs.melt(
+        id_vars=["run", "generated_pairs"], value_vars=cols, var_name="metric", value_name="accuracy"
+    )
+    long["metric"] = (
+        long["metric"].str.replace(f"{judge}:", "", regex=False).str.replace(f"{judge}_", "", regex=False)
+    )
+    return long.dropna(subset=["accuracy", "generated_pairs"]).rename(columns={"generated_pairs": "pairs"})
+
+
+def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points: bool = True):
+    """Accuracy against generated pairs (log x), one line per dataset plus micro/macro; paper points as stars."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 5))
+    long = scaling_frame(runs, judge)
+    for metric, g in long.groupby("metric"):
+        g = g.groupby("pairs", as_index=False)["accuracy"].mean().sort_values("pairs")
+        style = (
+            {"linewidth": 3, "color": "black" if metric == "macro" else "dimgray"}
+            if metric in ("micro", "macro")
+            else {"alpha": 0.6}
+        )
+        ax.plot(g["pairs"].clip(lower=1), g["accuracy"], marker="o", label=metric, **style)
+    if paper_points:
+        for p in PAPER_POINTS:
+            ax.scatter([p["pairs"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)
+        ax.scatter([], [], marker="*", s=160, color="tab:red", label="paper macro (LLaMA-2 7B)")
+    ax.set_xscale("log")
+    ax.set_xlabel("generated training pairs (log scale)")
+    ax.set_ylabel(f"accuracy, % ({judge} judge)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    return ax
+
+
+def ablation_table(runs: pd.DataFrame, judge: str = "paper", full: str = "full") -> pd.DataFrame:
+    """The paper's Table 6 form: macro per setting and its relative change against the `full` setting."""
+    if runs.empty or "setting" not in runs:
+        return pd.DataFrame()
+    t = runs.dropna(subset=["setting"]).groupby("setting")[f"{judge}_macro"].mean().to_frame("macro")
+    base = t["macro"].get(full)
+    t["relative_change_%"] = (t["macro"] / base - 1) * 100 if base else None
+    t["paper_macro"] = [PAPER_TABLE6.get(s) for s in t.index]
+    t["paper_relative_change_%"] = [
+        (PAPER_TABLE6[s] / PAPER_TABLE6["full"] - 1) * 100 if s in PAPER_TABLE6 else None for s in t.index
+    ]
+    return t
+
+
+def concept_growth(
+    concepts_file: str | Path, seed: int = 0, min_count: int = 2, points: int = 20
+) -> pd.DataFrame:
+    """Unique topics and KPs (raw, and surviving the frequency filter) as seed questions are added in random order."""
+    rows = [r for r in read_jsonl(concepts_file) if r.get("status") == "ok"]
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    marks = sorted({max(1, round(n * (i + 1) / points)) for i in range(points)})
+    out, topics, kps = [], {}, {}
+    for i, r in enumerate(rows, 1):
+        for t in set(r["raw_topics"]):
+            topics[t] = topics.get(t, 0) + 1
+        for k in set(r["raw_knowledge_points"]):
+            kps[k] = kps.get(k, 0) + 1
+        if i in marks:
+            out.append(
+                {
+                    "seeds": i,
+                    "topics": len(topics),
+                    "knowledge_points": len(kps),
+                    f"topics (seen >= {min_count})": sum(v >= min_count for v in topics.values()),
+                    f"knowledge_points (seen >= {min_count})": sum(v >= min_count for v in kps.values()),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def concept_coverage(test_concepts: list[dict], train_rows: list[dict]) -> dict:
+    """Share of the test questions' topics and KPs (case-folded) that appear in the generated training data."""
+    have_t = {t.casefold() for r in train_rows for t in r.get("topics") or []}
+    have_k = {k.casefold() for r in train_rows for k in r.get("knowledge_points") or []}
+    test_t = {t.casefold() for r in test_concepts for t in r.get("raw_topics") or []}
+    test_k = {k.casefold() for r in test_concepts for k in r.get("raw_knowledge_points") or []}
+    return {
+        "test_topics": len(test_t),
+        "test_knowledge_points": len(test_k),
+        "topics_covered_%": 100 * len(test_t & have_t) / len(test_t) if test_t else None,
+        "knowledge_points_covered_%": 100 * len(test_k & have_k) / len(test_k) if test_k else None,
+    }
+
+
+def cost_table(runs: pd.DataFrame, stage: str = "03", target_pairs: int = PAPER_PAIRS) -> pd.DataFrame:
+    """Calls, tokens and wall time per generated pair for each run, extrapolated linearly to `target_pairs`."""
+    need = {"generated_pairs", f"calls_{stage}", f"tokens_{stage}", f"wall_s_{stage}"}
+    if runs.empty or not need <= set(runs.columns):
+        return pd.DataFrame()
+    t = runs[
+        [
+            "run",
+            "generated_pairs",
+            f"calls_{stage}",
+            f"tokens_{stage}",
+            f"wall_s_{stage}",
+            f"cost_usd_{stage}",
+        ]
+    ]
+    t = t[t["generated_pairs"].fillna(0) > 0].copy()
+    pairs = t["generated_pairs"]
+    t["calls_per_pair"] = t[f"calls_{stage}"] / pairs
+    t["tokens_per_pair"] = t[f"tokens_{stage}"] / pairs
+    t["seconds_per_pair"] = t[f"wall_s_{stage}"] / pairs
+    t[f"calls_for_{target_pairs:,}"] = t["calls_per_pair"] * target_pairs
+    t[f"tokens_for_{target_pairs:,}"] = t["tokens_per_pair"] * target_pairs
+    t[f"days_for_{target_pairs:,}_one_worker"] = t["seconds_per_pair"] * target_pairs / 86400
+    return t
+
+
+class ScalingConfig(BaseModel):
+    """The `scaling:` section: what notebook 06 reads and how much it spends on the coverage check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs_dir: str | None = None  # where to look for runs; default: the params file's outputs_dir
+    coverage_sample: int = Field(20, ge=0, description="evaluated test questions whose concepts are extracted")
+    target_pairs: int = PAPER_PAIRS

@@ -1,0 +1,108 @@
+"""Run collection and the scaling / ablation / growth / cost tables of notebook 06, on hand-made run directories."""
+
+import math
+
+import pytest
+
+from mathscale_utils import scaling
+from mathscale_utils.io import write_json, write_jsonl
+
+
+def make_run(root, name, pairs, macro, setting=None, calls=0, wall=10.0):
+    d = root / name
+    tags = {"sweep": "sw", "setting": setting} if setting else {}
+    write_json(
+        d / "manifest.json",
+        {
+            "run_name": name,
+            "status": "ok",
+            "params": {"tags": tags},
+            "stages": {
+                "03": {
+                    "wall_s": wall,
+                    "llm": {
+                        "total": {
+                            "attempts": calls,
+                            "prompt_tokens": 100 * calls,
+                            "completion_tokens": 50 * calls,
+                            "cost_usd": 0.0,
+                        }
+                    },
+                }
+            },
+        },
+    )
+    write_json(
+        d / "extract_summary.json",
+        {"seeds": 50, "topics_after_filter": 10, "knowledge_points_after_filter": 20},
+    )
+    write_json(d / "generate_summary.json", {"counts": {"generated_kept": pairs}})
+    write_json(
+        d / "metrics.json",
+        {
+            "model": "m",
+            "n_items": 8,
+            "paper": {"micro": macro - 1, "macro": macro, "datasets": {"gsm8k": {"accuracy": macro + 5}}},
+            "strict": {
+                "micro": macro - 2,
+                "macro": macro - 1,
+                "datasets": {"gsm8k": {"accuracy": macro + 4}},
+            },
+        },
+    )
+    return d
+
+
+def test_collect_runs_and_scaling_frame(tmp_path):
+    make_run(tmp_path, "a", 8, 10.0, calls=8)
+    make_run(tmp_path, "b", 16, 12.0, calls=8, wall=20.0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    runs = scaling.collect_runs(tmp_path)
+    assert sorted(runs["run"]) == ["a", "b"]
+    assert runs.set_index("run").loc["b", "paper_macro"] == 12.0
+    assert runs.set_index("run").loc["a", "paper:gsm8k"] == 15.0
+    long = scaling.scaling_frame(runs, "strict")
+    assert set(long["metric"]) == {"micro", "macro", "gsm8k"}
+    assert long[(long.metric == "macro") & (long.pairs == 16)]["accuracy"].item() == 11.0
+    ax = scaling.plot_scaling(runs)
+    assert ax.get_xscale() == "log"
+
+
+def test_ablation_table_relative_change(tmp_path):
+    make_run(tmp_path, "full", 8, 10.0, setting="full")
+    make_run(tmp_path, "kp", 8, 8.0, setting="kps50")
+    t = scaling.ablation_table(scaling.collect_runs(tmp_path))
+    assert t.loc["kps50", "relative_change_%"] == pytest.approx(-20.0)
+    assert t.loc["kps50", "paper_relative_change_%"] == pytest.approx((13.2 / 14.5 - 1) * 100)
+
+
+def test_cost_table_extrapolates_per_pair(tmp_path):
+    make_run(tmp_path, "a", 10, 10.0, calls=12, wall=30.0)
+    t = scaling.cost_table(scaling.collect_runs(tmp_path), target_pairs=1000)
+    row = t.iloc[0]
+    assert row["calls_per_pair"] == pytest.approx(1.2) and row["calls_for_1,000"] == pytest.approx(1200)
+    assert row["tokens_per_pair"] == pytest.approx(180.0)
+    assert math.isclose(row["days_for_1,000_one_worker"], 3000 / 86400)
+
+
+def test_concept_growth_counts_unique_concepts(tmp_path):
+    rows = [
+        {"status": "ok", "raw_topics": ["A"], "raw_knowledge_points": ["k1", "k2"]},
+        {"status": "ok", "raw_topics": ["A", "B"], "raw_knowledge_points": ["k1"]},
+        {"status": "failed", "raw_topics": [], "raw_knowledge_points": []},
+        {"status": "ok", "raw_topics": ["C"], "raw_knowledge_points": ["k3"]},
+    ]
+    write_jsonl(tmp_path / "c.jsonl", rows)
+    g = scaling.concept_growth(tmp_path / "c.jsonl", min_count=2, points=3)
+    last = g.iloc[-1]
+    assert (last["seeds"], last["topics"], last["knowledge_points"]) == (3, 3, 3)
+    assert (last["topics (seen >= 2)"], last["knowledge_points (seen >= 2)"]) == (1, 1)
+    assert list(g["seeds"]) == [1, 2, 3]
+
+
+def test_concept_coverage_is_case_insensitive():
+    test = [{"raw_topics": ["Algebra", "Geometry"], "raw_knowledge_points": ["Area of a circle", "Ratios"]}]
+    train = [{"topics": ["algebra"], "knowledge_points": ["Area of a Circle"]}]
+    c = scaling.concept_coverage(test, train)
+    assert c["topics_covered_%"] == 50.0 and c["knowledge_points_covered_%"] == 50.0
