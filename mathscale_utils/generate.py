@@ -735,7 +735,7 @@ def _prefetch_batch(
     def retries(s: Sequence[dict]) -> list[ChatRequest]:
         out = []
         for req in first(s):
-            hit = cache_lookup(llm, req.key(llm.cfg.model))
+            hit = cache_lookup(llm, req.key(llm.model_id))
             parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
             if parsed is not None and not parsed.ok:
                 out.append(retry_request(req, hit.text, parsed.reason or "", cfg))

@@ -174,6 +174,14 @@ def _load_cache(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in read_jsonl(path, tolerate_torn_tail=True)}
 
 
+def model_id(cfg: LLMConfig) -> str:
+    """What answers, for cache keys: the model name, plus the adapter's content hash when a LoRA is loaded."""
+    if not cfg.lora_path:
+        return cfg.model
+    digest = hashlib.sha256(Path(cfg.lora_path).read_bytes()).hexdigest()[:16]
+    return f"{cfg.model}+lora:{digest}"
+
+
 class LLM:
     """Cached, retried, concurrent chat completions for one stage. Use as a context manager (or call close())."""
 
@@ -187,6 +195,7 @@ class LLM:
     ):
         """cache_dir may be shared by stages; usage_dir/<stage>.json gets the counts; progress shows a tqdm bar."""
         self.cfg, self.stage, self.progress = cfg, stage, progress
+        self.model_id = model_id(cfg)
         self.cache_path = Path(cache_dir) / CACHE_FILE
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         self.usage_path = Path(usage_dir) / f"{stage}.json" if usage_dir is not None else None
@@ -254,7 +263,7 @@ class LLM:
         return results
 
     def cache_get(self, key: str) -> ChatResult | None:
-        """The cached answer for a request key (ChatRequest.key(cfg.model)), or None."""
+        """The cached answer for a request key (ChatRequest.key(llm.model_id)), or None."""
         hit = self._cache.get(key)
         if hit is None:
             return None
@@ -286,7 +295,7 @@ class LLM:
         groups: dict[str, list[int]] = {}
         todo: list[tuple[str, ChatRequest]] = []
         for i, req in enumerate(requests):
-            k = req.key(self.cfg.model)
+            k = req.key(self.model_id)
             if (hit := self.cache_get(k)) is not None:
                 results[i] = hit
                 self._n["cache_hits"] += 1

@@ -569,9 +569,25 @@ class EvalConfig(BaseModel):
     )
 
 
-def eval_llm_config(llm_cfg: Any, cfg: EvalConfig) -> Any:
-    """The llm section with this stage's model override applied (a copy; the input is not changed)."""
-    return llm_cfg.model_copy(update={"model": cfg.model}) if cfg.model else llm_cfg
+def eval_llm_config(P: Any) -> tuple[Any, str]:
+    """Which model stage 05 asks, as an llm section, and a line saying why.
+
+    1. `evaluate.model` names one: that model, no adapter (e.g. a model served by vLLM behind llm.base_url).
+    2. Else, with `evaluate.use_adapter` and the LoRA GGUF that stage 04 wrote (run_dir/adapter/adapter.gguf): the
+       student, `finetune.base_model` on the embedded server with that adapter.
+    3. Else the llm section's model itself (evaluating the teacher, or any endpoint model).
+    """
+    cfg: EvalConfig = P.evaluate
+    if cfg.model:
+        return P.llm.model_copy(
+            update={"model": cfg.model, "lora_path": None}
+        ), f"evaluate.model = {cfg.model}"
+    adapter = P.run_dir / "adapter" / "adapter.gguf"
+    if cfg.use_adapter and adapter.exists():
+        student = P.finetune.base_model
+        update = {"model": student, "base_url": None, "lora_path": str(adapter), "concurrency": 1}
+        return P.llm.model_copy(update=update), f"the fine-tuned student: {student} + LoRA {adapter}"
+    return P.llm, f"the llm section's model {P.llm.model} (no adapter found at {adapter})"
 
 
 def select_records(cfg: EvalConfig, data_dir: str | Path | None, seed: int) -> tuple[list[Record], list[str]]:

@@ -349,3 +349,19 @@ def test_kill_and_resume_repeats_no_completed_call(fake_openai, tmp_path):
     assert all(fake_openai.completed[f"p{i}"] == 1 for i in range(n)), fake_openai.completed
     assert fake_openai.total_completed == n
     assert len({r["key"] for r in read_jsonl(cache)}) == n == len(read_jsonl(cache))
+
+
+def test_an_adapter_changes_the_cache_key(tmp_path):
+    """A student with a LoRA must not be answered from the base model's cache (nor from another adapter's)."""
+    from mathscale_utils.llm import model_id
+
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"adapter one")
+    b.write_bytes(b"adapter two")
+    base = LLMConfig(model="m")
+    ids = {
+        model_id(base),
+        model_id(base.model_copy(update={"lora_path": str(a)})),
+        model_id(base.model_copy(update={"lora_path": str(b)})),
+    }
+    assert len(ids) == 3 and model_id(base) == "m"
