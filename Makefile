@@ -32,12 +32,12 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not browser"
 
 lint: setup
-	$(BIN)/ruff check mathscale_utils tests bench
-	$(BIN)/ruff format --check mathscale_utils tests bench
+	$(BIN)/ruff check mathscale_utils tests bench notebooks
+	$(BIN)/ruff format --check mathscale_utils tests bench notebooks
 
 format: setup
-	$(BIN)/ruff format mathscale_utils tests bench
-	$(BIN)/ruff check --fix mathscale_utils tests bench
+	$(BIN)/ruff format mathscale_utils tests bench notebooks
+	$(BIN)/ruff check --fix mathscale_utils tests bench notebooks
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

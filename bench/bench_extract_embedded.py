@@ -25,7 +25,10 @@ def main() -> None:
     args = ap.parse_args()
     seeds, _ = load_seeds(SeedsConfig(source="builtin", limit=args.n), Path("."))
     cfg = concepts.ExtractConfig()
-    with tempfile.TemporaryDirectory() as tmp, LLM(LLMConfig(model=args.model, concurrency=1), Path(tmp), "bench") as llm:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LLM(LLMConfig(model=args.model, concurrency=1), Path(tmp), "bench") as llm,
+    ):
         t0 = time.perf_counter()
         llm.chat(ChatRequest(messages=[{"role": "user", "content": "Say OK."}], max_tokens=2))
         startup = time.perf_counter() - t0
@@ -44,7 +47,15 @@ def main() -> None:
         "s_per_seed": round(wall / len(seeds), 2),
         "completion_tokens": usage["session"]["completion_tokens"],
     }
-    print("| " + " | ".join(result) + " |\n|" + "---|" * len(result) + "\n| " + " | ".join(map(str, result.values())) + " |")
+    print(
+        "| "
+        + " | ".join(result)
+        + " |\n|"
+        + "---|" * len(result)
+        + "\n| "
+        + " | ".join(map(str, result.values()))
+        + " |"
+    )
     write_json(Path(__file__).parent / "results" / "extract_embedded.json", result)
 
 

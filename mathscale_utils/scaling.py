@@ -214,5 +214,7 @@ class ScalingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runs_dir: str | None = None  # where to look for runs; default: the params file's outputs_dir
-    coverage_sample: int = Field(20, ge=0, description="evaluated test questions whose concepts are extracted")
+    coverage_sample: int = Field(
+        20, ge=0, description="evaluated test questions whose concepts are extracted"
+    )
     target_pairs: int = PAPER_PAIRS
