@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-QUICKSTART_MODELS := qwen2.5-coder-1.5b-instruct
+QUICKSTART_MODELS := qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct
 TEST_MODELS       := smollm2-135m-instruct
 
 .PHONY: setup models quickstart test test-fast lint format bench lab clean
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
+	$(BIN)/python -m mathscale_utils.finetune setup-converter
 	touch $(STAMP)
 
 models: setup
@@ -26,6 +27,7 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m mathscale_utils.models install $(TEST_MODELS)
+	$(BIN)/python -m mathscale_utils.finetune materialize $(TEST_MODELS)
 	$(BIN)/python -m pytest
 
 test-fast: setup

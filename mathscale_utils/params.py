@@ -14,7 +14,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mathscale_utils.concepts import ExtractConfig
-from mathscale_utils.llm import LLMConfig
+from mathscale_utils.finetune import FinetuneConfig
+from mathscale_utils.generate import GenerateConfig
+from mathscale_utils.graph import ComposeConfig, GraphConfig
+from mathscale_utils.llm import LLM, LLMConfig
+from mathscale_utils.mwpbench import EvalConfig
+from mathscale_utils.scaling import ScalingConfig
+from mathscale_utils.views import ViewsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["01", "02", "03", "04", "05", "06"]
@@ -32,16 +38,35 @@ class Params(BaseModel):
     run_name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = 0
     outputs_dir: str = "outputs"
+    cache_dir: str | None = None  # LLM response cache; default <run_dir>/cache (a sweep shares one)
+    tags: dict[str, Any] = Field(default_factory=dict)  # free-form labels, e.g. a sweep's setting
     data_root: str | None = None
     stages: list[str] = Field(default_factory=lambda: ["01"])
     llm: LLMConfig = Field(default_factory=LLMConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    compose: ComposeConfig = Field(default_factory=ComposeConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     source_file: str | None = Field(default=None, exclude=True)
 
     @property
     def run_dir(self) -> Path:
         return resolve_path(self.outputs_dir) / self.run_name
+
+    @property
+    def llm_cache_dir(self) -> Path:
+        return resolve_path(self.cache_dir) if self.cache_dir else self.run_dir / "cache"
+
+    def llm_client(self, stage: str, **kwargs) -> LLM:
+        """The one LLM client for a stage: this run's model, the (possibly shared) cache, usage under run_dir/usage."""
+        return LLM(
+            self.llm, cache_dir=self.llm_cache_dir, stage=stage, usage_dir=self.run_dir / "usage", **kwargs
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -135,4 +160,10 @@ def input_files(params: Params) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     if params.extract.seeds.path:
         out.append(("extract.seeds.path", resolve_path(params.extract.seeds.path)))
+    if params.generate.decontam_official_file:
+        out.append(("generate.decontam_official_file", resolve_path(params.generate.decontam_official_file)))
+    if params.evaluate.official_test_file:
+        out.append(("evaluate.official_test_file", resolve_path(params.evaluate.official_test_file)))
+    if params.finetune.train_file:
+        out.append(("finetune.train_file", resolve_path(params.finetune.train_file)))
     return out
