@@ -10,7 +10,7 @@ import pytest
 
 from mathscale_utils.chain import main, run_chain
 from mathscale_utils.io import read_json, read_jsonl
-from mathscale_utils.params import ROOT
+from mathscale_utils.params import ROOT, load_params
 
 from fake_openai import FakeOpenAI
 
@@ -120,23 +120,29 @@ def test_bad_params_refused_before_anything_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_params_with_the_embedded_model(tmp_path):
-    """The real thing: the chain's CLI starts the embedded llama.cpp server (135M model) and extracts concepts."""
+def test_smoke_params_run_every_stage_with_the_embedded_model(tmp_path):
+    """The real thing: the chain's CLI runs all six notebooks on params/smoke.yaml with the embedded 135M model."""
     text = (ROOT / "params" / "smoke.yaml").read_text()
     params = tmp_path / "smoke.yaml"
     params.write_text(text + f"outputs_dir: {tmp_path / 'out'}\n")
     r = subprocess.run(
-        [sys.executable, "-m", "mathscale_utils.chain", str(params), "--only", "01"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        [sys.executable, "-m", "mathscale_utils.chain", str(params)],
+        capture_output=True, text=True, cwd=ROOT, timeout=1800,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "out" / "smoke"
-    rows = read_jsonl(run_dir / "concepts.jsonl")
-    assert len(rows) == 8
     manifest = read_json(run_dir / "manifest.json")
+    assert [manifest["stages"][s]["status"] for s in ("01", "02", "03", "04", "05", "06")] == ["ok"] * 6
     assert manifest["stages"]["01"]["llm"]["total"]["requests"] >= 8
-    summary = read_json(run_dir / "extract_summary.json")
-    assert summary["seeds"] == 8 and summary["ok"] + summary["failed"] == 8
+    assert len(read_jsonl(run_dir / "concepts.jsonl")) == 8
+    assert (run_dir / "concept_graph.graphml").exists() and (run_dir / "views" / "topic_graph.html").exists()
+    summary = read_json(run_dir / "generate_summary.json")
+    assert summary["funnel"][0]["kept"] <= 3 and summary["counts"]["seed_rows"] == 8
+    card = read_json(run_dir / "adapter" / "training_card.json")
+    assert card["steps"] == 4 and (run_dir / "adapter" / "adapter.gguf").exists()
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["adapter"] and metrics["n_items"] == len(read_jsonl(run_dir / "predictions.jsonl")) > 0
+    assert read_json(run_dir / "scaling_summary.json")["runs"]
 
 
 def test_sweep_shares_the_cache_and_resumes(tmp_path, monkeypatch):
@@ -145,15 +151,16 @@ def test_sweep_shares_the_cache_and_resumes(tmp_path, monkeypatch):
         base = write_params(tmp_path, fake.base_url, limit=6)
         sweep = tmp_path / "sweep.yaml"
         sweep.write_text(
-            f"sweep_name: sw\nbase: {base}\nsettings:\n"
+            f"sweep_name: sw\nbase: {base}\ncommon: {{extract.min_count: 1}}\nsettings:\n"
             "  - name: a\n    set: {extract.min_count: 2}\n"
-            "  - name: b\n    set: {extract.min_count: 1}\n"
+            "  - name: b\n"
         )
         assert main(["--sweep", str(sweep)]) == 0
         assert fake.total_completed == 6  # setting b extracted the same seeds from the shared cache
         runs = tmp_path / "out" / "sw" / "runs"
         a, b = (read_json(runs / f"sw-{n}" / "manifest.json") for n in "ab")
         assert a["params"]["tags"] == {"sweep": "sw", "setting": "a", "extract.min_count": 2}
+        assert b["params"]["extract"]["min_count"] == 1
         assert b["stages"]["01"]["llm"]["session"]["cache_hits"] == 6
         rows_a = read_jsonl(runs / "sw-a" / "concepts.jsonl")
         rows_b = read_jsonl(runs / "sw-b" / "concepts.jsonl")
@@ -162,6 +169,18 @@ def test_sweep_shares_the_cache_and_resumes(tmp_path, monkeypatch):
         )
         assert main(["--sweep", str(sweep)]) == 0  # both settings done: skipped
         assert fake.total_completed == 6
+
+
+def test_sweep_can_reuse_another_runs_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHSCALE_TEST_KEY", "x")
+    with FakeOpenAI(answer=scripted_extraction) as fake:
+        base = write_params(tmp_path, fake.base_url, limit=4)
+        assert main([str(base)]) == 0 and fake.total_completed == 4
+        first_cache = load_params(base).llm_cache_dir
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(f"sweep_name: sw\nbase: {base}\ncache_dir: {first_cache}\nsettings:\n  - name: a\n")
+        assert main(["--sweep", str(sweep)]) == 0
+        assert fake.total_completed == 4  # the sweep's extraction came from the first run's cache
 
 
 def test_sweep_rejects_unknown_keys(tmp_path, capsys):
