@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathscale_utils.io import read_json, write_json, write_jsonl
-from mathscale_utils.llm import LLM, LOCAL_API_KEY, ChatRequest, ChatResult
+from mathscale_utils.llm import LLM, LOCAL_API_KEY, ChatRequest
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -65,25 +65,8 @@ class BatchBudgetError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The LLM cache
+# Request bodies
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def cache_lookup(llm: LLM, key: str) -> ChatResult | None:
-    """The cached result for a request key, or None."""
-    return llm.cache_get(key)
-
-
-def cache_store(
-    llm: LLM,
-    key: str,
-    text: str,
-    prompt_tokens: int = 0,
-    completion_tokens: int = 0,
-    finish_reason: str | None = None,
-) -> None:
-    """Put a collected batch reply into the LLM cache, so the live chat path then finds it."""
-    llm.cache_put(key, text, prompt_tokens, completion_tokens, finish_reason)
 
 
 def request_body(req: ChatRequest, model: str) -> dict:
@@ -210,7 +193,7 @@ class BatchRunner:
         wanted: dict[str, ChatRequest] = {}
         for r in requests:
             wanted.setdefault(r.key(model), r)
-        cached_before = sum(cache_lookup(self.llm, k) is not None for k in wanted)
+        cached_before = sum(self.llm.cache_get(k) is not None for k in wanted)
         self.submit(list(wanted.values()), desc)
         self.wait()
         return self.report(wanted, cached_before)
@@ -228,7 +211,7 @@ class BatchRunner:
                 k in lines
                 or k in pending
                 or self._failures(k) >= self.cfg.max_rounds
-                or cache_lookup(self.llm, k)
+                or self.llm.cache_get(k)
             ):
                 continue
             lines[k] = {
@@ -270,7 +253,7 @@ class BatchRunner:
             if f["n"] < self.cfg.max_rounds and not f.get("resolved")
         }
         retry -= self._pending()
-        retry = {k for k in retry if cache_lookup(self.llm, k) is None}
+        retry = {k for k in retry if self.llm.cache_get(k) is None}
         if not retry:
             return
         lines: dict[str, dict] = {}
@@ -287,10 +270,10 @@ class BatchRunner:
             self._submit(list(lines.values()), "resubmission")
 
     def report(self, wanted: dict[str, ChatRequest], cached_before: int = 0) -> dict:
-        cached = sum(cache_lookup(self.llm, k) is not None for k in wanted)
+        cached = sum(self.llm.cache_get(k) is not None for k in wanted)
         pending = {k for j in self._active() for k in self._job_keys(j)} & set(wanted)
         given_up = {k: self.state["failures"][k]["error"] for k in wanted if k in self.state["failures"]
-                    and self._failures(k) >= self.cfg.max_rounds and cache_lookup(self.llm, k) is None}  # fmt: skip
+                    and self._failures(k) >= self.cfg.max_rounds and self.llm.cache_get(k) is None}  # fmt: skip
         rep = {
             "requested": len(wanted),
             "cached_before": cached_before,
@@ -441,8 +424,8 @@ class BatchRunner:
                 if resp.get("status_code") == 200 and text is not None:
                     u = body.get("usage") or {}
                     pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-                    if cache_lookup(self.llm, cid) is None:
-                        cache_store(self.llm, cid, text, pt, ct, choice.get("finish_reason"))
+                    if self.llm.cache_get(cid) is None:
+                        self.llm.cache_put(cid, text, pt, ct, choice.get("finish_reason"))
                     usage["prompt_tokens"] += pt
                     usage["completion_tokens"] += ct
                     usage["cost_usd"] = round(
@@ -483,8 +466,6 @@ __all__ = [
     "BatchConfig",
     "BatchRunner",
     "BatchBudgetError",
-    "cache_lookup",
-    "cache_store",
     "request_body",
     "TERMINAL",
 ]

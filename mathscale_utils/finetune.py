@@ -39,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from mathscale_utils.io import append_jsonl, read_jsonl, write_json, write_jsonl, write_text
+from mathscale_utils.io import append_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from mathscale_utils.mwpbench import fill_template
 
 # open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"
@@ -303,14 +303,6 @@ def _resume_key(cfg: FinetuneConfig, data_sha: str) -> str:
     """What must match for a checkpoint to be resumed (step budget and save cadence may change)."""
     d = cfg.model_dump(exclude={"epochs", "max_steps", "save_steps", "save_total_limit", "max_new_tokens"})
     return hashlib.sha256(json.dumps([d, data_sha], sort_keys=True).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def peak_memory_gib() -> float:

@@ -714,7 +714,7 @@ def _prefetch_batch(
     """Batch API path: all first requests, then the retries their replies need; every reply lands in the LLM cache.
     Prompts are built a shard at a time and submitted in jobs of up to max_requests_per_job, so at most one job's
     prompts are held in memory. Returns False while jobs are unfinished (batch.max_wait_s passed)."""
-    from mathscale_utils.batch import BatchRunner, cache_lookup
+    from mathscale_utils.batch import BatchRunner
 
     runner = BatchRunner(llm, run_dir / "batches", cfg.batch, stage=STAGE, log=log)
     per_job = cfg.batch.max_requests_per_job
@@ -735,7 +735,7 @@ def _prefetch_batch(
     def retries(s: Sequence[dict]) -> list[ChatRequest]:
         out = []
         for req in first(s):
-            hit = cache_lookup(llm, req.key(llm.model_id))
+            hit = llm.cache_get(req.key(llm.model_id))
             parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
             if parsed is not None and not parsed.ok:
                 out.append(retry_request(req, hit.text, parsed.reason or "", cfg))

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathscale_utils.io import read_json, write_json
+from mathscale_utils.io import read_json, sha256_file, write_json
 
 
 class ModelError(RuntimeError):
@@ -184,14 +184,6 @@ def _mismatch(spec: ModelSpec, actual: str) -> ModelError:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ensure_model(name: str) -> Path:
     """The verified GGUF file of an embedded model, assembling its parts into model_dir() on first use."""
     spec = get_spec(name)
@@ -199,7 +191,7 @@ def ensure_model(name: str) -> Path:
     if len(paths) == 1:  # a single file: verify and use it in place
         target = paths[0]
         if not _verified(name, target, spec.sha256):
-            actual = _sha256_file(target)
+            actual = sha256_file(target)
             if actual != spec.sha256:
                 raise _mismatch(spec, actual)
             write_json(_marker(name), _stamp(target, spec.sha256))

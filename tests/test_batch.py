@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from mathscale_utils import generate as gen
-from mathscale_utils.batch import BatchBudgetError, BatchConfig, BatchRunner, cache_lookup, request_body
+from mathscale_utils.batch import BatchBudgetError, BatchConfig, BatchRunner, request_body
 from mathscale_utils.io import read_json
 from mathscale_utils.llm import LLM, ChatRequest, LLMConfig
 from mathscale_utils.params import load_params
@@ -337,7 +337,7 @@ def test_gives_up_after_max_rounds_and_survives_a_failed_batch(tmp_path):
         state = read_json(tmp_path / "batches" / "state.json")
         assert state["jobs"][0]["status"] == "failed" and state["jobs"][0]["failed"] == 4
         assert api.submissions[bad] == 3 and all(v == 2 for k, v in api.submissions.items() if k != bad)
-        assert cache_lookup(make_llm(tmp_path, api.base_url), bad) is None
+        assert make_llm(tmp_path, api.base_url).cache_get(bad) is None
 
 
 def test_budget_is_checked_before_anything_is_uploaded(tmp_path):

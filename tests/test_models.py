@@ -82,7 +82,7 @@ def test_assembles_verifies_and_remembers(tiny, tmp_path, monkeypatch):
     path = ensure_model("tiny")
     assert path == tmp_path / "models" / "tiny.gguf" and path.read_bytes() == whole
     assert json.loads((tmp_path / "models" / ".verified" / "tiny.json").read_text())["sha256"] == sha
-    monkeypatch.setattr(models, "_sha256_file", lambda p: pytest.fail("re-hashed a verified file"))
+    monkeypatch.setattr(models, "sha256_file", lambda p: pytest.fail("re-hashed a verified file"))
     assert ensure_model("tiny") == path
 
 
