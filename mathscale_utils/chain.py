@@ -197,6 +197,8 @@ class Sweep(BaseModel):
 
     sweep_name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     base: str
+    cache_dir: str | None = None  # default outputs/<sweep>/cache; another run's cache reuses its calls
+    common: dict[str, Any] = Field(default_factory=dict)  # dotted keys set in every setting (before its own)
     settings: list[SweepSetting]
 
 
@@ -223,11 +225,11 @@ def sweep_params(sweep_file: str | Path) -> list[Path]:
     out = []
     for setting in sweep.settings:
         d = json.loads(json.dumps(base_dict))
-        for k, v in setting.set.items():
+        for k, v in {**sweep.common, **setting.set}.items():
             _set_dotted(d, k, v)
         d["run_name"] = f"{sweep.sweep_name}-{setting.name}"
         d["outputs_dir"] = str(sweep_dir / "runs")
-        d["cache_dir"] = str(sweep_dir / "cache")
+        d["cache_dir"] = str(resolve_path(sweep.cache_dir) if sweep.cache_dir else sweep_dir / "cache")
         d["tags"] = {**d.get("tags", {}), "sweep": sweep.sweep_name, "setting": setting.name, **setting.set}
         text = yaml.safe_dump(d, sort_keys=False)
         path = sweep_dir / "params" / f"{setting.name}.yaml"

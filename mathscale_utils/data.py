@@ -742,6 +742,10 @@ class SeedsConfig(BaseModel):
     path: str | None = Field(
         None, description="JSONL file for source jsonl, or full_train.json for source mwpbench"
     )
+    datasets: list[str] | None = Field(
+        None,
+        description="keep only seeds of these datasets, e.g. [gsm8k, MATH] for the paper's GSM8K+MATH-only ablation",
+    )
     limit: int | None = Field(None, ge=1, description="use at most this many seeds (a seeded random sample)")
     sample_seed: int = Field(0, description="seed of that sample")
 
@@ -859,6 +863,12 @@ def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Reco
                     "seeds: MWPBench train rebuilt from the shared data (gsm8k, MATH, college_math, TAL); math23k_en and "
                     "ape210k_en train are only in the official full_train.json (give it as seeds.path)"
                 )
+    if cfg.datasets is not None:
+        have = sorted({r.dataset for r in recs})
+        unknown = sorted(set(cfg.datasets) - set(have))
+        if unknown:
+            raise DataError(f"seeds: key 'datasets': {unknown} not among the seeds' datasets {have}")
+        recs = [r for r in recs if r.dataset in cfg.datasets]
     if cfg.limit is not None and cfg.limit < len(recs):
         rng = random.Random(cfg.sample_seed)
         keep = sorted(rng.sample(range(len(recs)), cfg.limit))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import re
 import time
 from collections import Counter, defaultdict
@@ -83,6 +84,18 @@ class GraphConfig(BaseModel):
     )
     n_examples: int = Field(default=3, ge=0, description="seed ids kept per node and per edge (for tooltips)")
     louvain_resolution: float = Field(default=1.0, gt=0, description="resolution of the Louvain communities")
+    drop_topics: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="ablation (paper Table 6): remove this fraction of distinct topics",
+    )
+    drop_kps: float = Field(
+        default=0.0, ge=0, lt=1, description="ablation (paper Table 6): remove this fraction of distinct KPs"
+    )
+    drop_seed: int = Field(
+        default=0, description="seed of the random choice of concepts the ablation removes"
+    )
 
 
 class ComposeConfig(BaseModel):
@@ -192,6 +205,8 @@ def build_graph(rows: Iterable[dict], config: GraphConfig | None = None) -> nx.G
         node_freq.update(topic_id(t) for t in ts)
         node_freq.update(kp_id(k) for k in ks)
     keep = {n for n, c in node_freq.items() if c >= cfg.min_freq}
+    dropped = _ablate(keep, cfg)
+    keep -= dropped
 
     node_examples: dict[str, list[str]] = defaultdict(list)
     edge_count: Counter[tuple[str, str]] = Counter()
@@ -215,7 +230,14 @@ def build_graph(rows: Iterable[dict], config: GraphConfig | None = None) -> nx.G
             if len(edge_examples[key]) < n_ex:
                 edge_examples[key].append(sid)
 
-    G = nx.Graph(epsilon=cfg.epsilon, n_seed_rows=n_rows, n_seed_skipped=n_skipped, n_seed_used=n_used)
+    G = nx.Graph(
+        epsilon=cfg.epsilon,
+        n_seed_rows=n_rows,
+        n_seed_skipped=n_skipped,
+        n_seed_used=n_used,
+        n_topics_dropped=sum(n.startswith("T::") for n in dropped),
+        n_kps_dropped=sum(n.startswith("K::") for n in dropped),
+    )
     for n in sorted(keep, key=lambda n: (n[0] != "T", -node_freq[n], n)):
         G.add_node(
             n,
@@ -234,6 +256,16 @@ def build_graph(rows: Iterable[dict], config: GraphConfig | None = None) -> nx.G
             examples=edge_examples[(a, b)],
         )
     return G
+
+
+def _ablate(nodes: set[str], cfg: GraphConfig) -> set[str]:
+    """The concepts the Table 6 ablation removes: a seeded random fraction of the distinct topics and of the KPs."""
+    rng = random.Random(cfg.drop_seed)
+    out: set[str] = set()
+    for prefix, frac in (("T::", cfg.drop_topics), ("K::", cfg.drop_kps)):
+        of_type = sorted(n for n in nodes if n.startswith(prefix))
+        out.update(rng.sample(of_type, round(len(of_type) * frac)))
+    return out
 
 
 def _edge_kind(ta: str, tb: str) -> str:
@@ -490,6 +522,8 @@ def graph_summary(G: nx.Graph) -> dict[str, Any]:
         "seed_rows": G.graph.get("n_seed_rows"),
         "seed_rows_skipped": G.graph.get("n_seed_skipped"),
         "seed_rows_used": G.graph.get("n_seed_used"),
+        "ablation_topics_dropped": G.graph.get("n_topics_dropped", 0),
+        "ablation_kps_dropped": G.graph.get("n_kps_dropped", 0),
         **counts,
         "labels_both_topic_and_kp": len(labels_t & labels_k),
         "components": {which: components(G, which) for which in ("all", "topic", "kp", "hybrid")},

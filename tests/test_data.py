@@ -378,3 +378,7 @@ def test_load_seeds_from_shared_train_splits():
         "tal": 2712,
     }
     assert any("math23k_en" in w for w in warnings)
+    recs, _ = load_seeds(SeedsConfig(source="mwpbench", datasets=["gsm8k", "MATH"], limit=10), DATA)
+    assert len(recs) == 10 and {r.dataset for r in recs} <= {"gsm8k", "MATH"}
+    with pytest.raises(DataError, match="GSM8K"):
+        load_seeds(SeedsConfig(source="mwpbench", datasets=["GSM8K"]), DATA)

@@ -146,6 +146,21 @@ def test_subgraphs_and_min_freq(hand_rows):
     assert G2["T::A"]["T::B"]["count"] == 1
 
 
+def test_ablation_drops_a_seeded_fraction_of_each_type(hand_rows):
+    G = build_graph(hand_rows)
+    H = build_graph(hand_rows, GraphConfig(drop_kps=0.5, drop_seed=1))
+    topics = {n for n in G if n.startswith("T::")}
+    kps = {n for n in G if n.startswith("K::")}
+    assert {n for n in H if n.startswith("T::")} == topics
+    assert len({n for n in H if n.startswith("K::")}) == len(kps) - 2 and set(H) < set(G)
+    assert H.graph["n_kps_dropped"] == 2 and H.graph["n_topics_dropped"] == 0
+    for a, b, d in H.edges(data=True):  # surviving edges keep their counts
+        assert d["count"] == G[a][b]["count"]
+    assert set(build_graph(hand_rows, GraphConfig(drop_kps=0.5, drop_seed=1))) == set(H)
+    T = build_graph(hand_rows, GraphConfig(drop_topics=0.34))
+    assert len({n for n in T if n.startswith("T::")}) == len(topics) - 1
+
+
 def test_epsilon_is_a_parameter(hand_rows):
     G = build_graph(hand_rows, GraphConfig(epsilon=0.5))
     assert G["T::A"]["K::x"]["weight"] == pytest.approx(math.log(2.5))
