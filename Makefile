@@ -5,18 +5,28 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 QUICKSTART_MODELS := qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct
 TEST_MODELS       := smollm2-135m-instruct
+# llama.cpp is compiled on install. A native build uses every instruction the CPU reports, and on VMs that report AMX
+# without enabling it the server dies with SIGSEGV in ggml_backend_amx_mul_mat: build for AVX2 instead (x86-64).
+LLAMA_SPEC := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
 
-.PHONY: setup models quickstart test test-fast lint format bench lab clean
+.PHONY: setup llama-rebuild models quickstart test test-fast lint format bench lab clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir '$(LLAMA_SPEC)'
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
 	$(BIN)/python -m mathscale_utils.finetune setup-converter
 	touch $(STAMP)
+
+llama-rebuild: setup   # rebuild llama.cpp with LLAMA_CMAKE_ARGS (e.g. after a crash, or to try a native build)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps '$(LLAMA_SPEC)'
 
 models: setup
 	$(BIN)/python -m mathscale_utils.models install $(QUICKSTART_MODELS) $(TEST_MODELS)

@@ -144,6 +144,10 @@ def parse_json_reply(text: str | None) -> dict | None:
     return None
 
 
+class ServerDied(RuntimeError):
+    """The embedded llama.cpp server exited during a batch: retrying is pointless, so the batch stops."""
+
+
 def _retryable(e: BaseException | None) -> bool:
     if isinstance(e, openai.APIStatusError):
         return e.status_code in (408, 409, 429) or e.status_code >= 500
@@ -397,6 +401,8 @@ class LLM:
                     with attempt:
                         attempts += 1
                         data = await self._send(body)
+        except ServerDied:
+            raise
         except Exception as e:  # every failure is reported per request; the batch goes on
             self._n["failures"] += 1
             return ChatResult(key, error=self._describe(e, attempts), attempts=attempts)
@@ -425,7 +431,11 @@ class LLM:
             self._n["attempts"] += 1
             # client.post skips the SDK's per-request params transform and response models, which cost more
             # client CPU than the HTTP exchange itself (see bench/bench_client.py)
-            raw = await self._client.post("/chat/completions", body=body, cast_to=bytes)
+            try:
+                raw = await self._client.post("/chat/completions", body=body, cast_to=bytes)
+            except openai.APIConnectionError:
+                self._check_server()
+                raise
         try:
             data = json.loads(raw)
             if not isinstance(data["choices"][0]["message"], dict):
@@ -433,6 +443,17 @@ class LLM:
             return data
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _BadResponse(f"malformed response body ({type(e).__name__}: {e})") from None
+
+    def _check_server(self) -> None:
+        """Raise ServerDied when the embedded server we started has exited (a crash, or killed from outside)."""
+        proc = self._server.proc if self._server is not None else None
+        if proc is not None and proc.poll() is not None:
+            code = proc.returncode
+            hint = " (SIGSEGV: see README, 'llama.cpp crashes')" if code in (-11, 139) else ""
+            raise ServerDied(
+                f"the embedded llama.cpp server exited with code {code}{hint}; answers so far are cached. "
+                + self._server.log_tail()
+            )
 
     def _entry(self, key: str, text: str, pt: int, ct: int, finish: str | None) -> dict:
         """One line of llm_cache.jsonl."""

@@ -261,7 +261,8 @@ class LocalServer:
         args += ["--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads)]
         return args + (["--lora_path", str(self.lora_path)] if self.lora_path else [])
 
-    def _log_tail(self, n: int = 3000) -> str:
+    def log_tail(self, n: int = 3000) -> str:
+        """The end of the server's log, for error messages."""
         try:
             return f"end of {self.log_path}:\n" + self.log_path.read_bytes()[-n:].decode(errors="replace")
         except OSError:
@@ -298,7 +299,7 @@ class LocalServer:
                 code = self.proc.returncode
                 self.stop()
                 raise ModelError(
-                    f"llama.cpp server exited with code {code} while starting; {self._log_tail()}"
+                    f"llama.cpp server exited with code {code} while starting; {self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
@@ -309,7 +310,7 @@ class LocalServer:
             if time.monotonic() > deadline:
                 self.stop()
                 raise ModelError(
-                    f"llama.cpp server not ready after {self.startup_timeout_s:g} s; {self._log_tail()}"
+                    f"llama.cpp server not ready after {self.startup_timeout_s:g} s; {self.log_tail()}"
                 )
             time.sleep(0.2)
 

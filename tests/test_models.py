@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mathscale_utils import models
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig, parse_json_reply
+from mathscale_utils.llm import LLM, ChatRequest, LLMConfig, ServerDied, parse_json_reply
 from mathscale_utils.models import REGISTRY, LocalServer, ModelError, ModelSpec, Part, ensure_model, get_spec
 
 
@@ -183,3 +184,22 @@ def test_embedded_smollm2_end_to_end(tmp_path, monkeypatch):
     assert server_proc.poll() is not None  # stopped on close
     with LLM(cfg, tmp_path / "cache", "slow") as llm:  # all cached: no server is started
         assert all(r.cached for r in llm.chat_many(asks)) and llm._server is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_server_that_dies_mid_batch_stops_the_batch(tmp_path):
+    """A crashed embedded server is not retried for every request: the batch stops with its exit code and log."""
+    cfg = LLMConfig(model="smollm2-135m-instruct", n_ctx=1024, timeout_s=120)
+    ask = [ChatRequest(messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)]
+    with LLM(cfg, tmp_path / "cache", "died", progress=False) as llm:
+        assert llm.chat_many(ask)[0].ok
+        llm._server.proc.kill()
+        llm._server.proc.wait(10)
+        t0 = time.monotonic()
+        more = [ChatRequest(messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8) for i in range(5)]
+        with pytest.raises(ServerDied, match="exited with code -9") as e:
+            llm.chat_many(more)
+        assert time.monotonic() - t0 < 20 and "llama_server.died.log" in str(e.value)
+    with LLM(cfg, tmp_path / "cache", "died") as llm:  # the answer before the crash was kept
+        assert llm.chat_many(ask)[0].cached
