@@ -211,8 +211,9 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
-def sweep_params(sweep_file: str | Path) -> list[Path]:
-    """Write one full params file per setting (outputs/<sweep>/params/<name>.yaml), validated before any run."""
+def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
+    """Write one full params file per setting (outputs/<sweep>/params/<name>.yaml), validated before any run;
+    with write=False only validate them and return the paths they would have."""
     sweep_file = resolve_path(sweep_file)
     try:
         sweep = Sweep.model_validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")))
@@ -234,7 +235,8 @@ def sweep_params(sweep_file: str | Path) -> list[Path]:
         text = yaml.safe_dump(d, sort_keys=False)
         path = sweep_dir / "params" / f"{setting.name}.yaml"
         parse_params(text, source=f"{sweep_file} (setting {setting.name})")
-        write_text(path, text)
+        if write:
+            write_text(path, text)
         out.append(path)
     return out
 

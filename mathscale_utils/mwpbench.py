@@ -557,6 +557,10 @@ class EvalConfig(BaseModel):
     model: str | None = Field(
         None, description="override the llm section's model for this stage (e.g. a fine-tuned one)"
     )
+    base_url: str | None = Field(
+        None,
+        description="the endpoint serving evaluate.model (e.g. vLLM with the LoRA); default: llm.base_url",
+    )
     use_adapter: bool = Field(
         True, description="use run_dir/adapter when it exists (wired by the fine-tuning stage)"
     )
@@ -572,17 +576,28 @@ class EvalConfig(BaseModel):
 def eval_llm_config(P: Any) -> tuple[Any, str]:
     """Which model stage 05 asks, as an llm section, and a line saying why.
 
-    1. `evaluate.model` names one: that model, no adapter (e.g. a model served by vLLM behind llm.base_url).
+    1. `evaluate.model` names one: that model, no adapter, at `evaluate.base_url` when given (e.g. vLLM serving the
+       student with its LoRA), else at llm.base_url.
     2. Else, with `evaluate.use_adapter` and the LoRA GGUF that stage 04 wrote (run_dir/adapter/adapter.gguf): the
        student, `finetune.base_model` on the embedded server with that adapter.
-    3. Else the llm section's model itself (evaluating the teacher, or any endpoint model).
+    3. Else the llm section's model itself (evaluating the teacher, or any endpoint model). A peft adapter without
+       its llama.cpp form (a GPU run) is an error here rather than a silent evaluation of the teacher.
     """
     cfg: EvalConfig = P.evaluate
     if cfg.model:
-        return P.llm.model_copy(
-            update={"model": cfg.model, "lora_path": None}
-        ), f"evaluate.model = {cfg.model}"
+        update = {"model": cfg.model, "lora_path": None}
+        if cfg.base_url:
+            update["base_url"] = cfg.base_url
+        where = f" at {cfg.base_url}" if cfg.base_url else ""
+        return P.llm.model_copy(update=update), f"evaluate.model = {cfg.model}{where}"
     adapter = P.run_dir / "adapter" / "adapter.gguf"
+    if cfg.use_adapter and not adapter.exists() and (adapter.parent / "adapter_config.json").exists():
+        raise ValueError(
+            f"stage 04 wrote a LoRA adapter ({adapter.parent}) but no llama.cpp form of it, so the embedded server "
+            "cannot serve the student: serve it (e.g. vllm serve BASE --enable-lora --lora-modules "
+            f"student={adapter.parent}) and set evaluate.model: student and evaluate.base_url, or set "
+            "evaluate.use_adapter: false to evaluate the llm section's model"
+        )
     if cfg.use_adapter and adapter.exists():
         student = P.finetune.base_model
         update = {"model": student, "base_url": None, "lora_path": str(adapter), "concurrency": 1}

@@ -192,3 +192,30 @@ def test_rejudge_recomputes_verdicts(tmp_path):
     rows = run_eval(RECORDS[:2], llm, EvalConfig(), tmp_path / "p.jsonl")
     again = rejudge(rows, golds={"gsm8k.1": "18"})
     assert [r["paper_correct"] for r in again] == [True, True]
+
+
+def test_which_model_stage_05_asks(tmp_path):
+    from mathscale_utils.mwpbench import eval_llm_config
+    from mathscale_utils.params import parse_params
+
+    def params(extra: str = ""):
+        text = f"run_name: r\noutputs_dir: {tmp_path}\nllm: {{model: teacher, base_url: http://api.example/v1}}\n"
+        return parse_params(text + extra)
+
+    cfg, why = eval_llm_config(params())
+    assert cfg.model == "teacher" and "no adapter" in why
+    cfg, why = eval_llm_config(params("evaluate: {model: student, base_url: 'http://127.0.0.1:8000/v1'}\n"))
+    assert (cfg.model, cfg.base_url, cfg.lora_path) == ("student", "http://127.0.0.1:8000/v1", None)
+    adapter = tmp_path / "r" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no llama.cpp form"):  # a GPU adapter is never silently skipped
+        eval_llm_config(params())
+    assert eval_llm_config(params("evaluate: {use_adapter: false}\n"))[0].model == "teacher"
+    (adapter / "adapter.gguf").write_bytes(b"gguf")
+    cfg, why = eval_llm_config(params("finetune: {base_model: smollm2-135m-instruct}\n"))
+    assert (cfg.model, cfg.base_url, cfg.lora_path) == (
+        "smollm2-135m-instruct",
+        None,
+        str(adapter / "adapter.gguf"),
+    )

@@ -197,7 +197,10 @@ def test_a_server_that_dies_mid_batch_stops_the_batch(tmp_path):
         llm._server.proc.kill()
         llm._server.proc.wait(10)
         t0 = time.monotonic()
-        more = [ChatRequest(messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8) for i in range(5)]
+        more = [
+            ChatRequest(messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=8)
+            for i in range(5)
+        ]
         with pytest.raises(ServerDied, match="exited with code -9") as e:
             llm.chat_many(more)
         assert time.monotonic() - t0 < 20 and "llama_server.died.log" in str(e.value)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mathscale_utils.chain import sweep_params
 from mathscale_utils.params import ParamsError, load_params, parse_params, resolve_path
 
 
@@ -17,6 +18,8 @@ def test_repo_params_files_are_valid():
     for name in ["quickstart", "smoke", "paper"]:
         p = load_params(f"params/{name}.yaml", check_files=False)
         assert p.run_name == name
+    for name, n in [("scaling_cpu", 3), ("ablation_cpu", 4), ("scaling_paper", 9)]:
+        assert len(sweep_params(f"params/{name}.yaml", write=False)) == n
 
 
 def test_unknown_key_names_key_and_line(tmp_path):
