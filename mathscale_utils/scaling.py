@@ -100,6 +100,21 @@ def scaling_frame(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
     return long.dropna(subset=["accuracy", "generated_pairs"]).rename(columns={"generated_pairs": "pairs"})
 
 
+def micro_interval(runs: pd.DataFrame, judge: str = "paper", z: float = 1.96) -> pd.DataFrame:
+    """Per size, the micro accuracy's normal-approximation interval over the evaluated items (percent): with a few
+    dozen items it spans tens of points, which is what a CPU-sized curve must be read against."""
+    cols = ["pairs", "micro", "n", "low", "high"]
+    if runs.empty or f"{judge}_micro" not in runs or "eval_items" not in runs:
+        return pd.DataFrame(columns=cols)
+    d = runs.dropna(subset=[f"{judge}_micro", "generated_pairs", "eval_items"])
+    d = d.groupby("generated_pairs", as_index=False).agg(
+        micro=(f"{judge}_micro", "mean"), n=("eval_items", "sum")
+    )
+    half = z * (d["micro"] * (100 - d["micro"]) / d["n"].clip(lower=1)) ** 0.5
+    d["low"], d["high"] = (d["micro"] - half).clip(lower=0), (d["micro"] + half).clip(upper=100)
+    return d.rename(columns={"generated_pairs": "pairs"}).sort_values("pairs")[cols]
+
+
 def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points: bool = True):
     """Accuracy against generated pairs (log x), one line per dataset plus micro/macro; paper points as stars."""
     import matplotlib.pyplot as plt
@@ -115,6 +130,10 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
             else {"alpha": 0.6}
         )
         ax.plot(g["pairs"].clip(lower=1), g["accuracy"], marker="o", label=metric, **style)
+    band = micro_interval(runs, judge)
+    if not band.empty:
+        ax.fill_between(band["pairs"].clip(lower=1), band["low"], band["high"], color="dimgray", alpha=0.15,
+                        label="micro, 95% interval (items)")  # fmt: skip
     if paper_points:
         for p in PAPER_POINTS:
             ax.scatter([p["pairs"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)

@@ -67,6 +67,10 @@ def test_collect_runs_and_scaling_frame(tmp_path):
     assert long[(long.metric == "macro") & (long.pairs == 16)]["accuracy"].item() == 11.0
     ax = scaling.plot_scaling(runs)
     assert ax.get_xscale() == "log"
+    band = scaling.micro_interval(runs).set_index("pairs")
+    half = 1.96 * math.sqrt(9.0 * 91.0 / 8)  # run a: micro 9% over 8 items
+    assert band.loc[8, "low"] == 0.0 and band.loc[8, "high"] == pytest.approx(9.0 + half)
+    assert scaling.micro_interval(runs.iloc[0:0]).empty
 
 
 def test_ablation_table_relative_change(tmp_path):
