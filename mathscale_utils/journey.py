@@ -13,33 +13,42 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import networkx as nx
 
 from mathscale_utils.finetune import alpaca_prompt
 from mathscale_utils.graph import kp_id, topic_id
-from mathscale_utils.io import DataError, read_json, read_jsonl, write_text
+from mathscale_utils.io import DataError, iter_jsonl, read_json, read_jsonl, write_text
 
 
 def _rows(path: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+def _json(path: Path) -> dict:
+    return read_json(path) if path.exists() else {}
+
+
+def _first(paths: Iterable[Path], pred: Callable[[dict], bool]) -> dict | None:
+    """The first row of these JSONL files that pred accepts, read as a stream (paper-scale files hold millions)."""
+    for path in paths:
+        if path.exists():
+            for _, row in iter_jsonl(path):
+                if pred(row):
+                    return row
+    return None
+
+
 def _pick_pair(run_dir: Path) -> tuple[dict, dict]:
-    """The first generated pair kept in mathscaleqa.jsonl and its generation record (prompt's shot ids)."""
-    kept = [r for r in read_jsonl(run_dir / "mathscaleqa.jsonl") if r.get("source") == "generated"]
-    if not kept:
+    """The first generated pair kept in mathscaleqa.jsonl and its generation record (the prompt's shot ids)."""
+    pair = _first([run_dir / "mathscaleqa.jsonl"], lambda r: r.get("source") == "generated")
+    if pair is None:
         raise DataError(f"{run_dir / 'mathscaleqa.jsonl'}: no generated pair to follow (run stage 03 first)")
-    records = {}
-    for shard in sorted((run_dir / "generation").glob("shard-*.jsonl")):
-        for r in read_jsonl(shard):
-            records[r["composition_id"]] = r
-    for pair in kept:
-        rec = records.get(pair["composition_id"])
-        if rec and rec.get("shot_ids"):
-            return pair, rec
-    return kept[0], records.get(kept[0]["composition_id"], {})
+    shards = sorted((run_dir / "generation").glob("shard-*.jsonl"))
+    record = _first(shards, lambda r: r.get("composition_id") == pair["composition_id"])
+    return pair, record or {}
 
 
 def _quote(text: str | None, limit: int = 1200) -> str:
@@ -80,9 +89,8 @@ def journey_markdown(run_dir: str | Path) -> str:
     seeds = {str(r["seed_id"]): r for r in read_jsonl(run_dir / "concepts.jsonl")}
     seed = seeds.get(str((record.get("shot_ids") or [None])[0])) or next(iter(seeds.values()))
     G = nx.read_graphml(run_dir / "concept_graph.graphml")
-    comps = {c["id"]: c for c in _rows(run_dir / "compositions.jsonl")}
-    comp = comps.get(pair["composition_id"], pair)
-    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
+    comp = _first([run_dir / "compositions.jsonl"], lambda c: c.get("id") == pair["composition_id"]) or pair
+    manifest = _json(run_dir / "manifest.json")
     teacher = pair.get("teacher_model") or manifest.get("params", {}).get("llm", {}).get("model")
     start = topic_id(comp["topics"][0])
 
@@ -116,7 +124,7 @@ def journey_markdown(run_dir: str | Path) -> str:
         "",
         "## 4. The random walk (notebook 02, `compositions.jsonl`)",
         "",
-        f"Composition `{comp['id'] if 'id' in comp else pair['composition_id']}`: 1-2 steps on the topic graph, "
+        f"Composition `{pair['composition_id']}`: 1-2 steps on the topic graph, "
         "one step to a knowledge point, then 0-4 steps on the knowledge-point graph, each step drawn in proportion "
         "to the co-occurrence count.",
         "",
@@ -152,9 +160,8 @@ def journey_markdown(run_dir: str | Path) -> str:
 def _student_section(run_dir: Path) -> list[str]:
     out = []
     before_after = _rows(run_dir / "finetune" / "before_after.jsonl")
-    card = run_dir / "adapter" / "training_card.json"
-    if card.exists():
-        c = read_json(card)
+    c = _json(run_dir / "adapter" / "training_card.json")
+    if c:
         out += [f"The LoRA adapter trained {c.get('steps')} steps on {c.get('n_examples')} examples of "
                 f"`{c.get('base_model')}`."]  # fmt: skip
     if before_after:
@@ -178,7 +185,7 @@ def _student_section(run_dir: Path) -> list[str]:
     if not preds:
         return out + ["(stage 05 has not run for this run directory)"]
     p = next((r for r in preds if r.get("paper_correct")), preds[0])
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    metrics = _json(run_dir / "metrics.json")
     out += [
         f"The fine-tuned student (`{p.get('model')}`) on MWPBench item `{p['id']}` ({p['dataset']}):",
         "",

@@ -449,7 +449,7 @@ class LLM:
         proc = self._server.proc if self._server is not None else None
         if proc is not None and proc.poll() is not None:
             code = proc.returncode
-            hint = " (SIGSEGV: see README, 'llama.cpp crashes')" if code in (-11, 139) else ""
+            hint = " (SIGSEGV: see README, 'llama.cpp crashes')" if code == -11 else ""
             raise ServerDied(
                 f"the embedded llama.cpp server exited with code {code}{hint}; answers so far are cached. "
                 + self._server.log_tail()
