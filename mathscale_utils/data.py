@@ -49,6 +49,7 @@ Seeds for concept extraction: ``SeedsConfig`` + ``load_seeds`` (the contract not
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -746,7 +747,12 @@ class SeedsConfig(BaseModel):
         None,
         description="keep only seeds of these datasets, e.g. [gsm8k, MATH] for the paper's GSM8K+MATH-only ablation",
     )
-    limit: int | None = Field(None, ge=1, description="use at most this many seeds (a seeded random sample)")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="use at most this many seeds: a seeded random sample, nested (a smaller limit keeps a subset of a "
+        "larger one's seeds, and the datasets filter keeps the same order, so ablations compare subsets)",
+    )
     sample_seed: int = Field(0, description="seed of that sample")
 
 
@@ -821,6 +827,11 @@ def _seed_rows(path: Path, dataset: str, data_topic: str, warnings: list[str]) -
     return out
 
 
+def _sample_rank(sample_seed: int, record_id: str) -> bytes:
+    """A seed's place in the random order: a hash of its own id, so samples are nested across limits and datasets."""
+    return hashlib.sha256(f"{sample_seed}\0{record_id}".encode()).digest()
+
+
 def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Record], list[str]]:
     """Seed questions for concept extraction, and human-readable warnings (skipped rows, sampling notes).
 
@@ -828,7 +839,9 @@ def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Reco
     reported with file and line in the warnings); gsm8k / math / college_math / tal: that train split of the shared
     data; mwpbench: the official full_train.json when ``cfg.path`` is set, else every available train split
     (gsm8k, MATH, college_math, TAL converted). With ``limit`` below the number available, a random sample seeded by
-    ``sample_seed`` is kept (in source order). An empty result raises DataError.
+    ``sample_seed`` is kept (in source order). Each seed's place in the sample order is a hash of its id, so a smaller
+    limit keeps a subset of a larger one's seeds, and filtering by ``datasets`` keeps the others' relative order: the
+    GSM8K+MATH seeds among a 48-seed sample are exactly a ``datasets=[gsm8k, MATH]`` sample of that count. An empty result raises DataError.
     """
     warnings: list[str] = []
     src = cfg.source
@@ -870,8 +883,9 @@ def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Reco
             raise DataError(f"seeds: key 'datasets': {unknown} not among the seeds' datasets {have}")
         recs = [r for r in recs if r.dataset in cfg.datasets]
     if cfg.limit is not None and cfg.limit < len(recs):
-        rng = random.Random(cfg.sample_seed)
-        keep = sorted(rng.sample(range(len(recs)), cfg.limit))
+        keep = sorted(
+            sorted(range(len(recs)), key=lambda i: _sample_rank(cfg.sample_seed, recs[i].id))[: cfg.limit]
+        )
         warnings.append(
             f"seeds: using a random sample of {cfg.limit} of {len(recs)} (sample_seed={cfg.sample_seed})"
         )

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mathscale_utils.data import (
     MC_FILTER_KEYWORDS,
@@ -358,6 +359,10 @@ def test_load_seeds_limit_is_a_seeded_sample(tmp_path):
     assert ids == sorted(ids)
     _, w = load_seeds(cfg.model_copy(update={"limit": 60}), None)
     assert "more than the 50 available" in w[0]
+    smaller, _ = load_seeds(cfg.model_copy(update={"limit": 5}), None)
+    assert {r.id for r in smaller} < {
+        r.id for r in a
+    }  # nested: halving the seeds keeps half of the same ones
 
 
 def test_load_seeds_official_train_file(tmp_path):
@@ -382,3 +387,29 @@ def test_load_seeds_from_shared_train_splits():
     assert len(recs) == 10 and {r.dataset for r in recs} <= {"gsm8k", "MATH"}
     with pytest.raises(DataError, match="GSM8K"):
         load_seeds(SeedsConfig(source="mwpbench", datasets=["GSM8K"]), DATA)
+
+
+@needs_data
+def test_cpu_ablation_seed_sets_are_subsets_of_the_full_one():
+    """Table 6 on CPU removes seeds from the full setting's set; it never draws a different set."""
+    sweep = yaml.safe_load((ROOT / "params" / "ablation_cpu.yaml").read_text())
+    base = sweep["common"]["extract.seeds"]
+
+    def seeds(setting: dict) -> list:
+        over = {
+            k.rsplit(".", 1)[1]: v
+            for k, v in setting.get("set", {}).items()
+            if k.startswith("extract.seeds.")
+        }
+        return load_seeds(SeedsConfig(**{**base, **over}), DATA)[0]
+
+    by_name = {s["name"]: seeds(s) for s in sweep["settings"]}
+    full = [r.id for r in by_name["full"]]
+    assert len(full) == 48 and len(set(full)) == 48
+    half = [r.id for r in by_name["seeds50"]]
+    assert len(half) == 24 and half == [i for i in full if i in set(half)]
+    assert [r.id for r in by_name["gsm8k_math"]] == [
+        r.id for r in by_name["full"] if r.dataset in ("gsm8k", "MATH")
+    ]
+    for name in ("topics50", "kps50"):
+        assert [r.id for r in by_name[name]] == full
