@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.generate import (  # noqa: E402
+from mathscale_utils.filters import (  # noqa: E402
     Decontaminator,
     TestItem,
     load_test_questions,

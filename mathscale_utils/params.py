@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mathscale_utils.concepts import ExtractConfig
 from mathscale_utils.finetune import FinetuneConfig
-from mathscale_utils.generate import GenerateConfig
+from mathscale_utils.generate_config import GenerateConfig
 from mathscale_utils.graph import ComposeConfig, GraphConfig
 from mathscale_utils.llm import LLM, LLMConfig
 from mathscale_utils.mwpbench import EvalConfig

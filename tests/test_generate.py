@@ -14,23 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from mathscale_utils import dataset_card, filters, reply_format
 from mathscale_utils import generate as gen
-from mathscale_utils.generate import (
+from mathscale_utils.filters import (
     Decontaminator,
-    FewShotIndex,
-    GenerateConfig,
     TestItem,
-    composition_rng,
     filter_and_assemble,
     funnel_adds_up,
     near_duplicates,
-    parse_generation,
-    plan_request,
-    retry_request,
 )
+from mathscale_utils.generate import FewShotIndex, composition_rng, plan_request, retry_request
+from mathscale_utils.generate_config import GenerateConfig
 from mathscale_utils.io import read_json, read_jsonl, write_jsonl
 from mathscale_utils.llm import LLMConfig
 from mathscale_utils.params import ROOT, ParamsError, load_params, parse_params
+from mathscale_utils.reply_format import parse_generation
 
 from fake_openai import FakeOpenAI
 
@@ -256,15 +254,17 @@ def test_parse_rejections(text, finish, reason):
 
 
 def test_seed_solution_gets_a_final_line():
-    assert gen.seed_solution({"solution": "16 - 3 = 13 eggs.", "answer": "13"}).endswith("The answer is 13.")
-    assert gen.seed_solution({"solution": "So \\boxed{13}.", "answer": "13"}) == "So \\boxed{13}."
-    assert gen.seed_solution({"solution": None, "answer": "7"}) == "The answer is 7."
+    assert reply_format.seed_solution({"solution": "16 - 3 = 13 eggs.", "answer": "13"}).endswith(
+        "The answer is 13."
+    )
+    assert reply_format.seed_solution({"solution": "So \\boxed{13}.", "answer": "13"}) == "So \\boxed{13}."
+    assert reply_format.seed_solution({"solution": None, "answer": "7"}) == "The answer is 7."
 
 
 def test_answers_agree():
-    assert gen.answers_agree("42", "$42$") and gen.answers_agree("\\frac{1}{2}", "0.5")
-    assert gen.answers_agree("1,000", "1000") and gen.answers_agree("\\boxed{7}", "7.0")
-    assert not gen.answers_agree("41", "42") and not gen.answers_agree(None, "1")
+    assert filters.answers_agree("42", "$42$") and filters.answers_agree("\\frac{1}{2}", "0.5")
+    assert filters.answers_agree("1,000", "1000") and filters.answers_agree("\\boxed{7}", "7.0")
+    assert not filters.answers_agree("41", "42") and not filters.answers_agree(None, "1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,14 +372,14 @@ def test_decontamination_exact_and_ngram_but_not_near_misses():
     assert hits["short-exact"]["test_id"] == "MATH.test.1" and hits["short-exact"]["test_dataset"] == "MATH"
     h = hits["ngram13"]
     assert h["kind"] == "ngram" and h["test_id"] == "gsm8k.test.5" and len(h["ngram"].split()) == 13
-    assert h["ngram"] in gen.normalize_text(TEST_Q)
+    assert h["ngram"] in filters.normalize_text(TEST_Q)
 
 
 def test_decontamination_against_real_mwpbench_files():
     data = Path(os.environ.get("MATHSCALE_DATA_DIR") or ROOT.parent / "shared" / "data")
     if not (data / "gsm8k" / "test.jsonl").exists():
         pytest.skip(f"no MWPBench data under {data} (set MATHSCALE_DATA_DIR)")
-    items, notes = gen.load_test_questions(data)
+    items, notes = filters.load_test_questions(data)
     assert len(items) > 5000 and any(t.dataset == "gsm8k" for t in items)
     real = next(t for t in items if t.dataset == "gsm8k" and len(t.question.split()) > 30)
     math_q = next(t for t in items if t.dataset == "MATH" and len(t.question.split()) > 25)
@@ -623,7 +623,9 @@ def test_notebook_runs_headless(tmp_path, no_data_env):
         assert (run_dir / "mathscaleqa_hf").is_dir() and (run_dir / "dataset_card.md").exists()
         text = out.read_text()
         assert "kp_coverage" in text and "MathScaleQA (this run)" in text
-        cov = gen.coverage(read_jsonl(run_dir / "mathscaleqa.jsonl"), *gen.graph_vocabulary(run_dir))
+        cov = dataset_card.coverage(
+            read_jsonl(run_dir / "mathscaleqa.jsonl"), *dataset_card.graph_vocabulary(run_dir)
+        )
         assert cov["graph_topics"] == 3 and cov["graph_kps"] == 7 and 0 < cov["kp_coverage"] < 1
 
 
@@ -670,13 +672,13 @@ def test_question_without_solution_is_completed_by_the_retry(tmp_path, no_data_e
     req = plan_request(make_compositions(["qonly"])[0], FewShotIndex(make_seeds()), cfg, seed=0).request
     r = retry_request(req, first, "no_solution", cfg)
     assert r.messages[1]["content"] == first and "Now solve that question" in r.messages[2]["content"]
-    p = gen.parse_retry(
+    p = reply_format.parse_retry(
         "Each spider has 8 legs, 3 x 8 = 24.\nThe answer is 24.", "stop", "no_solution", first
     )
     assert p.ok and p.question == "How many legs do 3 spiders have?" and p.answer == "24"
-    p = gen.parse_retry("Solution: 3 x 8 = 24. The answer is 24", "stop", "no_solution", first)
+    p = reply_format.parse_retry("Solution: 3 x 8 = 24. The answer is 24", "stop", "no_solution", first)
     assert p.ok and p.solution == "3 x 8 = 24. The answer is 24"
-    assert gen.parse_retry("no idea", "stop", "no_solution", first).reason == "no_final_answer"
+    assert reply_format.parse_retry("no idea", "stop", "no_solution", first).reason == "no_final_answer"
     with FakeOpenAI(answer=scripted_generation) as fake:
         params = make_run(tmp_path, fake.base_url, ["qonly", "ok"], decontaminate=False)
         s = gen.run(load_params(params), progress=False, log=lambda s: None)
