@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +19,6 @@ from mathscale_utils.generate_config import STAGE, GenerateConfig
 from mathscale_utils.io import DataError
 from mathscale_utils.llm import LLM, ChatRequest
 from mathscale_utils.reply_format import CHECK_PROMPT, clean_answer, final_answer, seed_solution
-
-if TYPE_CHECKING:
-    from mathscale_utils.params import Params
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optional answer check
@@ -125,7 +122,6 @@ def check_answers(
 
 _NONWORD = re.compile(r"[^\w\s]|_")
 _SPACES = re.compile(r"\s+")
-_MOD = np.uint64(0xFFFFFFFFFFFFFFFF)
 _BASE = np.uint64(1099511628211)  # FNV prime: odd, large
 
 
@@ -248,14 +244,6 @@ def load_test_questions(
             notes.append(f"{d}: not available here")
         items.extend(TestItem(r.id, r.dataset, r.question) for r in recs)
     return items, notes
-
-
-def mwpbench_test_pairs(P: Params) -> list[tuple[str, str]]:
-    """(id, question) of the MWPBench test questions available to a run (the thin contract of the brief)."""
-    items, _ = load_test_questions(
-        P.data_dir, P.generate.decontam_official_file, P.generate.decontam_datasets
-    )
-    return [(t.id, t.question) for t in items]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -487,7 +475,6 @@ __all__ = [
     "normalize_text",
     "ngram_hashes",
     "load_test_questions",
-    "mwpbench_test_pairs",
     "near_duplicates",
     "seed_rows",
     "filter_and_assemble",
