@@ -8,6 +8,7 @@ and its ablations (Table 6) say knowledge points matter most. This module gather
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -42,12 +43,13 @@ def _count_lines(path: Path) -> int | None:
 
 
 def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
-    """One row per run directory (any folder under outputs_dir holding a manifest.json)."""
+    """One row per run directory: any folder under outputs_dir whose manifest.json the chain wrote (other manifests,
+    such as the generation shards' own, are not runs)."""
     rows = []
     for manifest_path in sorted(Path(outputs_dir).rglob("manifest.json")):
         run_dir = manifest_path.parent
         m = _read(manifest_path)
-        if not m:
+        if not {"run_name", "stages"} <= m.keys():
             continue
         extract = _read(run_dir / "extract_summary.json")
         gen = _read(run_dir / "generate_summary.json")
@@ -187,17 +189,46 @@ def concept_growth(
     return pd.DataFrame(out)
 
 
-def concept_coverage(test_concepts: list[dict], train_rows: list[dict]) -> dict:
-    """Share of the test questions' topics and KPs (case-folded) that appear in the generated training data."""
+_STOPWORDS = frozenset("a an and as at by for from in into of on or the to with using".split())
+
+
+def concept_words(concept: str) -> frozenset[str]:
+    """Content words of a concept name, lower-cased and with a plural 's' dropped, for near matching."""
+    words = re.findall(r"[a-z0-9]+", concept.casefold())
+    return frozenset(
+        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+        for w in words
+        if w not in _STOPWORDS
+    )
+
+
+def _near_covered(wanted: set[str], have: set[str], threshold: float) -> int:
+    have_words = [concept_words(h) for h in have]
+    n = 0
+    for w in wanted:
+        ws = concept_words(w)
+        n += any(ws and hw and len(ws & hw) / len(ws | hw) >= threshold for hw in have_words)
+    return n
+
+
+def concept_coverage(test_concepts: list[dict], train_rows: list[dict], near: float = 0.5) -> dict:
+    """Share of the test questions' topics and KPs found in the generated training data: exactly (case-folded) and
+    nearly (content-word Jaccard >= `near`, so "Solving linear equations" meets "Linear equation solving")."""
     have_t = {t.casefold() for r in train_rows for t in r.get("topics") or []}
     have_k = {k.casefold() for r in train_rows for k in r.get("knowledge_points") or []}
     test_t = {t.casefold() for r in test_concepts for t in r.get("raw_topics") or []}
     test_k = {k.casefold() for r in test_concepts for k in r.get("raw_knowledge_points") or []}
+
+    def pct(n: int, of: set[str]) -> float | None:
+        return 100 * n / len(of) if of else None
+
     return {
         "test_topics": len(test_t),
         "test_knowledge_points": len(test_k),
-        "topics_covered_%": 100 * len(test_t & have_t) / len(test_t) if test_t else None,
-        "knowledge_points_covered_%": 100 * len(test_k & have_k) / len(test_k) if test_k else None,
+        "topics_covered_%": pct(len(test_t & have_t), test_t),
+        "knowledge_points_covered_%": pct(len(test_k & have_k), test_k),
+        "topics_near_%": pct(_near_covered(test_t, have_t, near), test_t),
+        "knowledge_points_near_%": pct(_near_covered(test_k, have_k, near), test_k),
     }
 
 

@@ -58,6 +58,9 @@ def test_collect_runs_and_scaling_frame(tmp_path):
     make_run(tmp_path, "b", 16, 12.0, calls=8, wall=20.0)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    write_json(
+        tmp_path / "a" / "generation" / "manifest.json", {"n_shards": 1, "fingerprints": []}
+    )  # not a run
     runs = scaling.collect_runs(tmp_path)
     assert sorted(runs["run"]) == ["a", "b"]
     assert runs.set_index("run").loc["b", "paper_macro"] == 12.0
@@ -110,3 +113,23 @@ def test_concept_coverage_is_case_insensitive():
     train = [{"topics": ["algebra"], "knowledge_points": ["Area of a Circle"]}]
     c = scaling.concept_coverage(test, train)
     assert c["topics_covered_%"] == 50.0 and c["knowledge_points_covered_%"] == 50.0
+
+
+def test_concept_coverage_near_matches_reworded_concepts():
+    test = [
+        {
+            "raw_topics": ["Linear equations"],
+            "raw_knowledge_points": ["Solving linear equations", "Area of a circle"],
+        }
+    ]
+    train = [
+        {
+            "topics": ["Quadratic equations"],
+            "knowledge_points": ["Linear equation solving", "Circle circumference"],
+        }
+    ]
+    c = scaling.concept_coverage(test, train)
+    assert c["knowledge_points_covered_%"] == 0.0 and c["knowledge_points_near_%"] == 50.0
+    assert c["topics_near_%"] == 0.0  # one shared word of three is not a match at 0.5
+    assert scaling.concept_words("The Area of Circles") == {"area", "circle"}
+    assert scaling.concept_coverage(test, [])["knowledge_points_near_%"] == 0.0
