@@ -34,14 +34,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.graph import (  # noqa: E402
-    ComposeConfig,
-    GraphConfig,
-    build_graph,
-    compose,
-    type_counts,
-    write_compositions,
-)
+from mathscale_utils.compose import ComposeConfig, compose, write_compositions  # noqa: E402
+from mathscale_utils.graph import GraphConfig, build_graph, type_counts  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
 
 

@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mathscale_utils.compose import ComposeConfig
 from mathscale_utils.concepts import ExtractConfig
 from mathscale_utils.finetune import FinetuneConfig
 from mathscale_utils.generate_config import GenerateConfig
-from mathscale_utils.graph import ComposeConfig, GraphConfig
+from mathscale_utils.graph import GraphConfig
 from mathscale_utils.llm import LLM, LLMConfig
 from mathscale_utils.mwpbench import EvalConfig
 from mathscale_utils.scaling import ScalingConfig

@@ -40,7 +40,8 @@ import networkx as nx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mathscale_utils.graph import KP, TOPIC, composition_path, kp_id, nodes_of_type, subgraph, topic_id
+from mathscale_utils.compose import composition_path
+from mathscale_utils.graph import KP, TOPIC, kp_id, nodes_of_type, subgraph, topic_id
 from mathscale_utils.io import write_text
 
 TOPIC_COLOR = "#f28e2b"

@@ -13,7 +13,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from mathscale_utils.graph import ComposeConfig, build_graph, compose, question_index, topic_kp_matrix
+from mathscale_utils.compose import ComposeConfig, compose
+from mathscale_utils.graph import build_graph, question_index, topic_kp_matrix
 from mathscale_utils.views import (
     ViewsConfig,
     degree_distribution_figure,
