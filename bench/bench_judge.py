@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from mathscale_utils.data import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.mwpbench import _LAST_NUMBER, _parse_gold, is_textual, paper_judge, strict_judge  # noqa: E402
+from mathscale_utils.judges import _LAST_NUMBER, _parse_gold, is_textual, paper_judge, strict_judge  # noqa: E402
 
 RENDERINGS = {
     "answer_is": lambda g: f"The answer is {g}",
@@ -107,7 +107,7 @@ def categorise_strict(gold: str, rendering: str, v) -> str:
 
 
 def run(data_dir: Path, limit: int | None, skip_strict: bool) -> dict:
-    logging.getLogger("mathscale_utils.mwpbench").setLevel(logging.ERROR)
+    logging.getLogger("mathscale_utils.judges").setLevel(logging.ERROR)
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     recs = load_mwpbench("test", data_dir, datasets=list(MWPBENCH_DATASETS) + [FRESH_GAOKAO])
     if limit:

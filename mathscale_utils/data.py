@@ -220,7 +220,7 @@ def find_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces counted), or of ``\\boxed x``.
 
     Used to derive MATH's short answers from the reference solutions (the Hendrycks convention). Not the paper
-    judge's extractor, which recognises ``\\boxed{`` only (see ``mwpbench.extract_boxed_all``).
+    judge's extractor, which recognises ``\\boxed{`` only (see ``judges.extract_boxed_all``).
     """
     best: tuple[int, str] | None = None
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):

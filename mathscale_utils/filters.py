@@ -55,7 +55,7 @@ def _as_number(a: str) -> float | None:
 
 def answers_agree(a: str | None, b: str | None) -> bool:
     """A simple normalised comparison (case, spaces, $, \\boxed, \\text, thousands commas, fractions, units),
-    or MWPBench's equivalence (``mwpbench.is_equiv``) when that module is present."""
+    or MWPBench's equivalence (``judges.is_equiv``) when that module is present."""
     if not a or not b:
         return False
     na, nb = _norm_answer(a), _norm_answer(b)
@@ -65,7 +65,7 @@ def answers_agree(a: str | None, b: str | None) -> bool:
     if xa is not None and xb is not None and math.isclose(xa, xb, rel_tol=1e-6, abs_tol=1e-9):
         return True
     try:
-        from mathscale_utils.mwpbench import is_equiv
+        from mathscale_utils.judges import is_equiv
 
         return bool(is_equiv(a.lower(), b.lower())[0])
     except Exception:  # noqa: BLE001 - the optional judge must never break a run
@@ -73,11 +73,11 @@ def answers_agree(a: str | None, b: str | None) -> bool:
 
 
 def _paper_judge(completion: str | None, reference: str | None) -> bool:
-    """MWPBench's own extraction + equivalence (``mwpbench.paper_judge``) of a whole completion, if available."""
+    """MWPBench's own extraction + equivalence (``judges.paper_judge``) of a whole completion, if available."""
     if not completion or not reference:
         return False
     try:
-        from mathscale_utils.mwpbench import paper_judge
+        from mathscale_utils.judges import paper_judge
 
         return bool(paper_judge(completion, reference).correct)
     except Exception:  # noqa: BLE001

@@ -40,7 +40,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from mathscale_utils.io import append_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text
-from mathscale_utils.mwpbench import fill_template
+from mathscale_utils.judges import fill_template
 
 # open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"
 RESPONSE_SEP = " "

@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mathscale_utils.io import DataError, read_json, read_jsonl
-from mathscale_utils.mwpbench import JUDGES
+from mathscale_utils.judges import JUDGES
 
 PAPER_PAIRS = 2_000_000  # MathScaleQA's generated pairs (paper §4.1)
 # Reference points on MWPBench with LLaMA-2 7B (METHOD.md §9.3-9.5): training pairs -> macro / micro accuracy.

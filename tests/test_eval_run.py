@@ -10,14 +10,13 @@ import pytest
 
 from mathscale_utils.data import Record
 from mathscale_utils.io import DataError
+from mathscale_utils.judges import STOP_STRINGS, fill_template
 from mathscale_utils.llm import LLM, LLMConfig
 from mathscale_utils.mwpbench import (
-    STOP_STRINGS,
     EvalConfig,
     compute_metrics,
     disagreements,
     error_examples,
-    fill_template,
     load_predictions,
     rejudge,
     run_eval,

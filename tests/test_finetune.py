@@ -67,7 +67,7 @@ def test_alpaca_prompt_is_the_evaluation_template():
         "\n\n### Instruction:\nWhat is 1+1?\n\n### Response:"
     )
     try:
-        from mathscale_utils.mwpbench import fill_template
+        from mathscale_utils.judges import fill_template
     except ImportError:
         return
     assert fill_template("alpaca", "What is 1+1?") == p
