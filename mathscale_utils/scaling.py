@@ -16,16 +16,41 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mathscale_utils.io import DataError, read_json, read_jsonl
 from mathscale_utils.judges import JUDGES
+from mathscale_utils.paper_tables import TABLE6, TABLE7, paper_row
 
 PAPER_PAIRS = 2_000_000  # MathScaleQA's generated pairs (paper §4.1)
+# Table 6's settings, as the sweep tags them (see params/scaling_cpu.yaml), and their rows in paper_tables.TABLE6.
+TABLE6_SETTINGS = {
+    "full": "MathScale (all 20K seeds, all concepts)",
+    "seeds50": "Remove 50% of seed questions",
+    "gsm8k_math": "Seeds from GSM8K + MATH train only",
+    "topics50": "Remove 50% of topics",
+    "kps50": "Remove 50% of knowledge points",
+}
+PAPER_TABLE6 = {setting: TABLE6[row][0] for setting, row in TABLE6_SETTINGS.items()}  # setting -> macro %
+_TABLE7_GPT35 = TABLE7["100% GPT-3.5 (original)"]  # (micro %, macro %)
+_MATHSCALE_7B = paper_row("MathScale-7B")
 # Reference points on MWPBench with LLaMA-2 7B (METHOD.md §9.3-9.5): training pairs -> macro / micro accuracy.
 PAPER_POINTS = [
-    {"pairs": 5_000, "macro": 11.5, "micro": 10.6, "source": "Table 7 (5K, GPT-3.5 solutions)"},
-    {"pairs": 25_000, "macro": 14.5, "micro": None, "source": "Table 6 (25K, all seeds and concepts)"},
-    {"pairs": 2_020_857, "macro": 37.5, "micro": 35.0, "source": "Table 5 (MathScale-7B)"},
+    {
+        "pairs": 5_000,
+        "macro": _TABLE7_GPT35[1],
+        "micro": _TABLE7_GPT35[0],
+        "source": "Table 7 (5K, GPT-3.5 solutions)",
+    },
+    {
+        "pairs": 25_000,
+        "macro": PAPER_TABLE6["full"],
+        "micro": None,
+        "source": "Table 6 (25K, all seeds and concepts)",
+    },
+    {
+        "pairs": 2_020_857,
+        "macro": _MATHSCALE_7B["macro"],
+        "micro": _MATHSCALE_7B["micro"],
+        "source": "Table 5 (MathScale-7B)",
+    },
 ]
-# Table 6's settings, as the sweep tags them (see params/scaling_cpu.yaml).
-PAPER_TABLE6 = {"full": 14.5, "seeds50": 14.0, "gsm8k_math": 13.9, "topics50": 14.1, "kps50": 13.2}
 
 
 def _read(path: Path) -> dict:
