@@ -87,6 +87,8 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
             "status": m.get("status"),
             "sweep": tags.get("sweep"),
             "setting": tags.get("setting"),
+            "curve": tags.get("sweep")
+            or m.get("run_name", run_dir.name),  # a sweep is a curve, a lone run a point
             "seeds": extract.get("seeds"),
             "topics": extract.get("topics_after_filter"),
             "knowledge_points": extract.get("knowledge_points_after_filter"),
@@ -114,13 +116,12 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
 
 
 def scaling_frame(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
-    """Long table for curves: one row per (run, metric) with the number of generated training pairs."""
+    """Long table for curves: one row per (run, metric) with its curve and number of generated training pairs."""
     if runs.empty:
         return pd.DataFrame(columns=["run", "pairs", "metric", "accuracy"])
     cols = [c for c in runs.columns if c.startswith(f"{judge}:") or c in (f"{judge}_micro", f"{judge}_macro")]
-    long = runs.melt(
-        id_vars=["run", "generated_pairs"], value_vars=cols, var_name="metric", value_name="accuracy"
-    )
+    ids = ["run", "curve", "generated_pairs"] if "curve" in runs else ["run", "generated_pairs"]
+    long = runs.melt(id_vars=ids, value_vars=cols, var_name="metric", value_name="accuracy")
     long["metric"] = (
         long["metric"].str.replace(f"{judge}:", "", regex=False).str.replace(f"{judge}_", "", regex=False)
     )
@@ -142,22 +143,49 @@ def micro_interval(runs: pd.DataFrame, judge: str = "paper", z: float = 1.96) ->
     return d.rename(columns={"generated_pairs": "pairs"}).sort_values("pairs")[cols]
 
 
+def curve_runs(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
+    """Evaluated runs that measure data size: every run with an accuracy and a pair count, except the Table 6
+    variants (a sweep's `seeds50`, `kps50`, ... change the concepts, not the size; their `full` setting stays)."""
+    need = {f"{judge}_macro", "generated_pairs"}
+    if runs.empty or not need <= set(runs.columns):
+        return runs.iloc[0:0]
+    variant = (
+        runs["setting"].isin([s for s in TABLE6_SETTINGS if s != "full"]) if "setting" in runs else False
+    )
+    return runs[~variant].dropna(subset=list(need))
+
+
 def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points: bool = True):
-    """Accuracy against generated pairs (log x), one line per dataset plus micro/macro; paper points as stars."""
+    """Accuracy against generated pairs (log x); paper points as stars. One curve (sweep or lone run): a thin line
+    per dataset, thick micro/macro and the micro's 95% band. Several: micro and macro per curve, so different sweeps
+    or students are never averaged together."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
-    long = scaling_frame(runs, judge)
-    for metric, g in long.groupby("metric"):
-        g = g.groupby("pairs", as_index=False)["accuracy"].mean().sort_values("pairs")
-        style = (
-            {"linewidth": 3, "color": "black" if metric == "macro" else "dimgray"}
-            if metric in ("micro", "macro")
-            else {"alpha": 0.6}
-        )
-        ax.plot(g["pairs"].clip(lower=1), g["accuracy"], marker="o", label=metric, **style)
-    band = micro_interval(runs, judge)
+    groups = list(runs.groupby("curve", sort=False)) if "curve" in runs and not runs.empty else []
+    for i, (name, g_runs) in enumerate(groups):
+        long = scaling_frame(g_runs, judge)
+        for metric, g in long.groupby("metric"):
+            if len(groups) > 1 and metric not in ("micro", "macro"):
+                continue
+            g = g.groupby("pairs", as_index=False)["accuracy"].mean().sort_values("pairs")
+            if len(groups) == 1:
+                label = metric
+                style = (
+                    {"linewidth": 3, "color": "black" if metric == "macro" else "dimgray"}
+                    if metric in ("micro", "macro")
+                    else {"alpha": 0.6}
+                )
+            else:
+                label = f"{metric} · {name}"
+                style = {
+                    "linewidth": 2,
+                    "color": f"C{i % 10}",
+                    "linestyle": "-" if metric == "macro" else ":",
+                }
+            ax.plot(g["pairs"].clip(lower=1), g["accuracy"], marker="o", label=label, **style)
+    band = micro_interval(runs, judge) if len(groups) == 1 else pd.DataFrame()
     if not band.empty:
         ax.fill_between(band["pairs"].clip(lower=1), band["low"], band["high"], color="dimgray", alpha=0.15,
                         label="micro, 95% interval (items)")  # fmt: skip
@@ -174,16 +202,27 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
 
 
 def ablation_table(runs: pd.DataFrame, judge: str = "paper", full: str = "full") -> pd.DataFrame:
-    """The paper's Table 6 form: macro per setting and its relative change against the `full` setting."""
+    """The paper's Table 6 form: macro per Table 6 setting and its relative change against the same sweep's `full`
+    setting, next to the paper's. Indexed by setting for one sweep, by (sweep, setting) when several hold them."""
     if runs.empty or "setting" not in runs:
         return pd.DataFrame()
-    t = runs.dropna(subset=["setting"]).groupby("setting")[f"{judge}_macro"].mean().to_frame("macro")
-    base = t["macro"].get(full)
-    t["relative_change_%"] = (t["macro"] / base - 1) * 100 if base else None
-    t["paper_macro"] = [PAPER_TABLE6.get(s) for s in t.index]
-    t["paper_relative_change_%"] = [
-        (PAPER_TABLE6[s] / PAPER_TABLE6["full"] - 1) * 100 if s in PAPER_TABLE6 else None for s in t.index
+    d = runs[runs["setting"].isin(list(TABLE6_SETTINGS))]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(
+        sweep=d["sweep"].fillna(""), setting=pd.Categorical(d["setting"], categories=list(TABLE6_SETTINGS))
+    )
+    t = d.groupby(["sweep", "setting"], observed=True)[f"{judge}_macro"].mean().to_frame("macro")
+    base = {sw: m for (sw, st), m in t["macro"].items() if st == full}
+    t["relative_change_%"] = [
+        (m / base[sw] - 1) * 100 if base.get(sw) else None for (sw, _), m in t["macro"].items()
     ]
+    settings = [st for _, st in t.index]
+    t["paper_macro"] = [PAPER_TABLE6[st] for st in settings]
+    t["paper_relative_change_%"] = [(PAPER_TABLE6[st] / PAPER_TABLE6[full] - 1) * 100 for st in settings]
+    if t.index.get_level_values("sweep").nunique() == 1:
+        t = t.droplevel("sweep")
+        t.index = t.index.astype(str)
     return t
 
 

@@ -8,9 +8,9 @@ from mathscale_utils import scaling
 from mathscale_utils.io import write_json, write_jsonl
 
 
-def make_run(root, name, pairs, macro, setting=None, calls=0, wall=10.0):
+def make_run(root, name, pairs, macro, setting=None, calls=0, wall=10.0, sweep="sw"):
     d = root / name
-    tags = {"sweep": "sw", "setting": setting} if setting else {}
+    tags = {"sweep": sweep, "setting": setting} if setting else {}
     write_json(
         d / "manifest.json",
         {
@@ -82,6 +82,33 @@ def test_ablation_table_relative_change(tmp_path):
     t = scaling.ablation_table(scaling.collect_runs(tmp_path))
     assert t.loc["kps50", "relative_change_%"] == pytest.approx(-20.0)
     assert t.loc["kps50", "paper_relative_change_%"] == pytest.approx((13.2 / 14.5 - 1) * 100)
+
+
+def test_ablation_table_keeps_sweeps_apart_in_the_papers_order(tmp_path):
+    for sweep, base in (("a", 10.0), ("b", 20.0)):
+        make_run(tmp_path, f"{sweep}-kps", 8, base / 2, setting="kps50", sweep=sweep)
+        make_run(tmp_path, f"{sweep}-full", 8, base, setting="full", sweep=sweep)
+    make_run(tmp_path, "a-n6", 6, 3.0, setting="n6", sweep="a")  # a size setting is not a Table 6 row
+    t = scaling.ablation_table(scaling.collect_runs(tmp_path))
+    assert list(t.index) == [("a", "full"), ("a", "kps50"), ("b", "full"), ("b", "kps50")]
+    assert t["relative_change_%"].tolist() == [0.0, -50.0, 0.0, -50.0]  # each against its own sweep's full
+
+
+def test_curves_keep_sweeps_and_lone_runs_apart(tmp_path):
+    make_run(tmp_path, "n6", 6, 10.0, setting="n6", sweep="size")
+    make_run(tmp_path, "n12", 12, 12.0, setting="n12", sweep="size")
+    make_run(tmp_path, "full", 16, 30.0, setting="full", sweep="abl")
+    make_run(tmp_path, "kps", 16, 1.0, setting="kps50", sweep="abl")
+    make_run(tmp_path, "quickstart", 11, 50.0)
+    runs = scaling.curve_runs(scaling.collect_runs(tmp_path))
+    assert sorted(runs["run"]) == ["full", "n12", "n6", "quickstart"]  # the kps50 variant is not a size point
+    assert sorted(set(runs["curve"])) == ["abl", "quickstart", "size"]
+    ax = scaling.plot_scaling(runs)
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()}
+    assert lines["macro · size"] == [10.0, 12.0] and lines["macro · quickstart"] == [50.0]
+    assert not any(label.startswith("gsm8k") for label in lines)  # per-dataset lines only for a single curve
+    one = scaling.plot_scaling(runs[runs["curve"] == "size"])
+    assert {ln.get_label() for ln in one.get_lines()} >= {"macro", "micro", "gsm8k"}
 
 
 def test_cost_table_extrapolates_per_pair(tmp_path):
