@@ -11,6 +11,7 @@ passed to a notebook as a parameter, so nothing secret can be written into an ex
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata as md
 import json
 import platform
@@ -227,11 +228,18 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     for setting in sweep.settings:
         d = json.loads(json.dumps(base_dict))
         for k, v in {**sweep.common, **setting.set}.items():
-            _set_dotted(d, k, v)
+            _set_dotted(
+                d, k, copy.deepcopy(v)
+            )  # a common section is shared: a setting must not edit it for the next
         d["run_name"] = f"{sweep.sweep_name}-{setting.name}"
         d["outputs_dir"] = str(sweep_dir / "runs")
         d["cache_dir"] = str(resolve_path(sweep.cache_dir) if sweep.cache_dir else sweep_dir / "cache")
-        d["tags"] = {**d.get("tags", {}), "sweep": sweep.sweep_name, "setting": setting.name, **setting.set}
+        d["tags"] = {
+            **d.get("tags", {}),
+            "sweep": sweep.sweep_name,
+            "setting": setting.name,
+            **copy.deepcopy(setting.set),
+        }
         text = yaml.safe_dump(d, sort_keys=False)
         path = sweep_dir / "params" / f"{setting.name}.yaml"
         parse_params(text, source=f"{sweep_file} (setting {setting.name})")

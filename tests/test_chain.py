@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chain import main, run_chain
+from mathscale_utils.chain import main, run_chain, sweep_params
 from mathscale_utils.io import read_json, read_jsonl
 from mathscale_utils.params import ROOT, load_params
 
@@ -181,6 +181,21 @@ def test_sweep_can_reuse_another_runs_cache(tmp_path, monkeypatch):
         sweep.write_text(f"sweep_name: sw\nbase: {base}\ncache_dir: {first_cache}\nsettings:\n  - name: a\n")
         assert main(["--sweep", str(sweep)]) == 0
         assert fake.total_completed == 4  # the sweep's extraction came from the first run's cache
+
+
+def test_sweep_settings_do_not_leak_into_each_other(tmp_path):
+    """A setting that overrides one key of a `common` section must leave that section intact for the next ones."""
+    base = write_params(tmp_path, "http://127.0.0.1:9/v1")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"sweep_name: sw\nbase: {base}\ncommon:\n  extract.seeds: {{source: builtin, limit: 8}}\nsettings:\n"
+        "  - name: half\n    set: {extract.seeds.limit: 4, extract.seeds.datasets: [custom]}\n"
+        "  - name: full\n"
+    )
+    half, full = (load_params(p, check_files=False) for p in sweep_params(sweep))
+    assert (half.extract.seeds.limit, half.extract.seeds.datasets) == (4, ["custom"])
+    assert (full.extract.seeds.limit, full.extract.seeds.datasets) == (8, None)
+    assert "&id" not in (tmp_path / "out" / "sw" / "params" / "half.yaml").read_text()  # no YAML aliases
 
 
 def test_sweep_rejects_unknown_keys(tmp_path, capsys):
