@@ -19,7 +19,7 @@ predictions.jsonl rows (one per item; on resume a re-tried item appends a newer 
      "paper_rule" (numeric | inline_math | pred_in_ref | ref_in_pred | exact | raw_fallback | missing | ...),
      "clean_prediction", "clean_reference", "reference_error" (str|null), "strict_correct" (bool),
      "strict_extracted", "strict_method" (math_verify | text), "strict_error", "error" (request error or null),
-     "cached" (bool), "template", "model", "max_tokens"}
+     "cached" (bool), "template", "model" (name, + "+lora:<hash>" with an adapter), "max_tokens"}
 
 metrics.json (``compute_metrics``): accuracies in percent, per judge ("paper", "strict"): per task (data_topic),
 per dataset (MATH and college_math as size-weighted means of their subjects), micro (item-weighted over the
@@ -233,16 +233,18 @@ def run_eval(
     answer with both judges, and append rows to ``out_path`` after every chunk of ``cfg.chunk_size``.
 
     Resumable: ids already in ``out_path`` are skipped (those whose request failed are asked again when
-    ``retry_errors``). A row made with a different prompt (another template) is an error: use a fresh file. A failed
+    ``retry_errors``, and those another student answered, e.g. a retrained adapter, are asked again: rows record
+    the model with its adapter's hash, and the newer row wins). A row made with a different prompt (another template) is an error: use a fresh file. A failed
     request (result.error set or no text) is saved with ``error`` and scored wrong, as upstream scores an empty
     completion. Returns the rows of ``records``, in their order.
     """
-    from mathscale_utils.llm import ChatRequest
+    from mathscale_utils.llm import ChatRequest, model_id
 
     out_path = Path(out_path)
     _repair_torn_tail(out_path)
     done = {r["id"]: r for r in load_predictions(out_path)}
-    model = getattr(getattr(llm, "cfg", None), "model", None)
+    llm_cfg = getattr(llm, "cfg", None)
+    model = model_id(llm_cfg) if llm_cfg is not None else None  # the model name, + the LoRA's content hash
     prompts = {r.id: fill_template(cfg.template, r.question) for r in records}
     if len(prompts) != len(records):
         dup = [k for k, v in Counter(r.id for r in records).items() if v > 1]
@@ -254,7 +256,11 @@ def run_eval(
                 f"{out_path}: item {r.id!r} was evaluated with a different prompt (template {old.get('template')!r}); "
                 "use a fresh predictions file for a different template"
             )
-    todo = [r for r in records if r.id not in done or (retry_errors and done[r.id].get("error"))]
+    todo = [
+        r
+        for r in records
+        if r.id not in done or done[r.id].get("model") != model or (retry_errors and done[r.id].get("error"))
+    ]
     stop = list(cfg.stop) if cfg.stop else None
     for start in range(0, len(todo), cfg.chunk_size):
         chunk = todo[start : start + cfg.chunk_size]

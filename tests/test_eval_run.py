@@ -179,6 +179,24 @@ def test_a_different_template_needs_a_fresh_file(tmp_path):
     run_eval(RECORDS[:2], llm, EvalConfig(template="alpaca_force_ans", stop=None), tmp_path / "q.jsonl")
 
 
+def test_a_retrained_student_is_asked_again(tmp_path):
+    """Resuming skips items the same student answered; rows of another student (a retrained adapter) are stale."""
+    out = tmp_path / "p.jsonl"
+    first = _FakeLLM(lambda p: _Result("The answer is 1."))
+    first.cfg = LLMConfig(model="student")
+    run_eval(RECORDS[:2], first, EvalConfig(), out)
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"new weights")
+    second = _FakeLLM(lambda p: _Result("The answer is 18."))
+    second.cfg = LLMConfig(model="student", lora_path=str(adapter))
+    rows = run_eval(RECORDS[:2], second, EvalConfig(), out)
+    assert second.calls == [2] and all(r["completion"] == "The answer is 18." for r in rows)
+    assert rows[0]["model"].startswith("student+lora:")
+    run_eval(RECORDS[:2], second, EvalConfig(), out)
+    assert second.calls == [2]  # same student again: nothing asked
+    assert [r["completion"] for r in load_predictions(out)] == ["The answer is 18."] * 2
+
+
 def test_duplicate_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         run_eval(
