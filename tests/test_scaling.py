@@ -5,7 +5,7 @@ import math
 import pytest
 
 from mathscale_utils import scaling
-from mathscale_utils.io import write_json, write_jsonl
+from mathscale_utils.io import read_json, write_json, write_jsonl
 
 
 def make_run(root, name, pairs, macro, setting=None, calls=0, wall=10.0, sweep="sw"):
@@ -160,3 +160,35 @@ def test_concept_coverage_near_matches_reworded_concepts():
     assert c["topics_near_%"] == 0.0  # one shared word of three is not a match at 0.5
     assert scaling.concept_words("The Area of Circles") == {"area", "circle"}
     assert scaling.concept_coverage(test, [])["knowledge_points_near_%"] == 0.0
+
+
+def test_notebook_06_draws_an_ablation_sweep(tmp_path):
+    """The notebook itself, headless, over hand-made runs of an ablation sweep: the Table 6 variants are in the
+    ablation table and not on the size curve."""
+    import papermill as pm
+
+    from mathscale_utils.chain import ensure_kernel
+    from mathscale_utils.params import ROOT
+
+    out = tmp_path / "out"
+    make_run(out, "sw-full", 16, 20.0, setting="full")
+    make_run(out, "sw-kps50", 15, 10.0, setting="kps50")
+    concepts = [
+        {"status": "ok", "raw_topics": [f"t{i}"], "raw_knowledge_points": [f"k{i}", "k"]} for i in range(4)
+    ]
+    write_jsonl(out / "sw-full" / "concepts.jsonl", concepts)
+    params = tmp_path / "p.yaml"
+    params.write_text(
+        f"run_name: sw-full\noutputs_dir: {out}\nllm:\n  model: smollm2-135m-instruct\nscaling:\n  coverage_sample: 0\n"
+    )
+    pm.execute_notebook(str(ROOT / "notebooks" / "06_scaling_curves.ipynb"), str(tmp_path / "06.ipynb"),
+                        parameters={"params_file": str(params)}, kernel_name=ensure_kernel(), cwd=str(ROOT),
+                        progress_bar=False)  # fmt: skip
+    summary = read_json(out / "sw-full" / "scaling_summary.json")
+    assert {r["setting"]: r["relative_change_%"] for r in summary["ablation"]} == {
+        "full": 0.0,
+        "kps50": -50.0,
+    }
+    assert {r["run"] for r in summary["curve"]} == {"sw-full"}
+    assert (out / "sw-full" / "scaling_curves.png").stat().st_size > 1000
+    assert summary["concept_growth"][-1]["knowledge_points"] == 5
