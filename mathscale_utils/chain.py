@@ -204,12 +204,14 @@ class Sweep(BaseModel):
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    """Set a dotted key in a params dict, to a copy: a `common` section is shared by every setting of a sweep, and a
+    setting that overrides one of its keys must not change it for the settings after."""
     keys = dotted.split(".")
     for k in keys[:-1]:
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
             raise ParamsError(f"sweep: key '{dotted}': '{k}' is not a section")
-    d[keys[-1]] = value
+    d[keys[-1]] = copy.deepcopy(value)
 
 
 def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
@@ -228,18 +230,11 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     for setting in sweep.settings:
         d = json.loads(json.dumps(base_dict))
         for k, v in {**sweep.common, **setting.set}.items():
-            _set_dotted(
-                d, k, copy.deepcopy(v)
-            )  # a common section is shared: a setting must not edit it for the next
+            _set_dotted(d, k, v)
         d["run_name"] = f"{sweep.sweep_name}-{setting.name}"
         d["outputs_dir"] = str(sweep_dir / "runs")
         d["cache_dir"] = str(resolve_path(sweep.cache_dir) if sweep.cache_dir else sweep_dir / "cache")
-        d["tags"] = {
-            **d.get("tags", {}),
-            "sweep": sweep.sweep_name,
-            "setting": setting.name,
-            **copy.deepcopy(setting.set),
-        }
+        d["tags"] = {**d.get("tags", {}), "sweep": sweep.sweep_name, "setting": setting.name, **setting.set}
         text = yaml.safe_dump(d, sort_keys=False)
         path = sweep_dir / "params" / f"{setting.name}.yaml"
         parse_params(text, source=f"{sweep_file} (setting {setting.name})")

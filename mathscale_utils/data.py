@@ -50,6 +50,7 @@ Seeds for concept extraction: ``SeedsConfig`` + ``load_seeds`` (the contract not
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import random
@@ -841,7 +842,8 @@ def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Reco
     (gsm8k, MATH, college_math, TAL converted). With ``limit`` below the number available, a random sample seeded by
     ``sample_seed`` is kept (in source order). Each seed's place in the sample order is a hash of its id, so a smaller
     limit keeps a subset of a larger one's seeds, and filtering by ``datasets`` keeps the others' relative order: the
-    GSM8K+MATH seeds among a 48-seed sample are exactly a ``datasets=[gsm8k, MATH]`` sample of that count. An empty result raises DataError.
+    GSM8K+MATH seeds among a 48-seed sample are exactly a ``datasets=[gsm8k, MATH]`` sample of that count. An empty
+    result raises DataError.
     """
     warnings: list[str] = []
     src = cfg.source
@@ -884,7 +886,9 @@ def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Reco
         recs = [r for r in recs if r.dataset in cfg.datasets]
     if cfg.limit is not None and cfg.limit < len(recs):
         keep = sorted(
-            sorted(range(len(recs)), key=lambda i: _sample_rank(cfg.sample_seed, recs[i].id))[: cfg.limit]
+            heapq.nsmallest(
+                cfg.limit, range(len(recs)), key=lambda i: _sample_rank(cfg.sample_seed, recs[i].id)
+            )
         )
         warnings.append(
             f"seeds: using a random sample of {cfg.limit} of {len(recs)} (sample_seed={cfg.sample_seed})"

@@ -234,17 +234,16 @@ def run_eval(
 
     Resumable: ids already in ``out_path`` are skipped (those whose request failed are asked again when
     ``retry_errors``, and those another student answered, e.g. a retrained adapter, are asked again: rows record
-    the model with its adapter's hash, and the newer row wins). A row made with a different prompt (another template) is an error: use a fresh file. A failed
-    request (result.error set or no text) is saved with ``error`` and scored wrong, as upstream scores an empty
-    completion. Returns the rows of ``records``, in their order.
+    the model with its adapter's hash, and the newer row wins). A row made with a different prompt (another
+    template) is an error: use a fresh file. A failed request (result.error set or no text) is saved with ``error``
+    and scored wrong, as upstream scores an empty completion. Returns the rows of ``records``, in their order.
     """
-    from mathscale_utils.llm import ChatRequest, model_id
+    from mathscale_utils.llm import ChatRequest
 
     out_path = Path(out_path)
     _repair_torn_tail(out_path)
     done = {r["id"]: r for r in load_predictions(out_path)}
-    llm_cfg = getattr(llm, "cfg", None)
-    model = model_id(llm_cfg) if llm_cfg is not None else None  # the model name, + the LoRA's content hash
+    model = getattr(llm, "model_id", None)  # the model name, + the LoRA's content hash (llm.model_id)
     prompts = {r.id: fill_template(cfg.template, r.question) for r in records}
     if len(prompts) != len(records):
         dup = [k for k, v in Counter(r.id for r in records).items() if v > 1]

@@ -69,7 +69,7 @@ def _count_lines(path: Path) -> int | None:
 
 def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
     """One row per run directory: any folder under outputs_dir whose manifest.json the chain wrote (other manifests,
-    such as the generation shards' own, are not runs)."""
+    such as the generation shards' own, are not runs). Its `curve` is its sweep, or the run itself when alone."""
     rows = []
     for manifest_path in sorted(Path(outputs_dir).rglob("manifest.json")):
         run_dir = manifest_path.parent
@@ -87,8 +87,7 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
             "status": m.get("status"),
             "sweep": tags.get("sweep"),
             "setting": tags.get("setting"),
-            "curve": tags.get("sweep")
-            or m.get("run_name", run_dir.name),  # a sweep is a curve, a lone run a point
+            "curve": tags.get("sweep") or m.get("run_name", run_dir.name),
             "seeds": extract.get("seeds"),
             "topics": extract.get("topics_after_filter"),
             "knowledge_points": extract.get("knowledge_points_after_filter"),

@@ -11,7 +11,7 @@ import pytest
 from mathscale_utils.data import Record
 from mathscale_utils.io import DataError
 from mathscale_utils.judges import STOP_STRINGS, fill_template
-from mathscale_utils.llm import LLM, LLMConfig
+from mathscale_utils.llm import LLM, LLMConfig, model_id
 from mathscale_utils.mwpbench import (
     EvalConfig,
     compute_metrics,
@@ -183,12 +183,12 @@ def test_a_retrained_student_is_asked_again(tmp_path):
     """Resuming skips items the same student answered; rows of another student (a retrained adapter) are stale."""
     out = tmp_path / "p.jsonl"
     first = _FakeLLM(lambda p: _Result("The answer is 1."))
-    first.cfg = LLMConfig(model="student")
+    first.model_id = model_id(LLMConfig(model="student"))
     run_eval(RECORDS[:2], first, EvalConfig(), out)
     adapter = tmp_path / "adapter.gguf"
     adapter.write_bytes(b"new weights")
     second = _FakeLLM(lambda p: _Result("The answer is 18."))
-    second.cfg = LLMConfig(model="student", lora_path=str(adapter))
+    second.model_id = model_id(LLMConfig(model="student", lora_path=str(adapter)))
     rows = run_eval(RECORDS[:2], second, EvalConfig(), out)
     assert second.calls == [2] and all(r["completion"] == "The answer is 18." for r in rows)
     assert rows[0]["model"].startswith("student+lora:")
