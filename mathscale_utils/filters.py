@@ -3,6 +3,7 @@ answer check (the teacher re-solves), decontamination against MWPBench test ques
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import unicodedata
@@ -131,18 +132,29 @@ def normalize_text(s: str) -> str:
     return _SPACES.sub(" ", _NONWORD.sub(" ", s)).strip()
 
 
+def stable_hash(text: str) -> int:
+    """A signed 64-bit hash of a string that is the same in every process (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def ngram_hashes(docs: Sequence[Sequence[str]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """64-bit hashes of every word n-gram of every doc: (hashes, doc index, start position), vectorised.
 
-    Words are hashed with Python's string hash (stable within a process, which is all matching needs), then
-    combined with a polynomial rolling hash over the concatenation of all docs; windows crossing a doc boundary
-    are dropped. Docs shorter than n contribute nothing."""
+    Words are hashed with blake2b (once per distinct word; Python's own string hash changes with every process, which
+    made MinHash estimates, and so near-duplicate removal, differ between runs), then combined with a polynomial
+    rolling hash over the concatenation of all docs; windows crossing a doc boundary are dropped. Docs shorter than
+    n contribute nothing."""
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     total = int(lengths.sum())
     if total < n:
         e = np.empty(0, dtype=np.int64)
         return np.empty(0, dtype=np.uint64), e, e
-    words = np.fromiter((hash(w) for d in docs for w in d), dtype=np.int64, count=total).view(np.uint64)
+    vocab: dict[str, int] = {}
+    words = np.fromiter(
+        (vocab[w] if w in vocab else vocab.setdefault(w, stable_hash(w)) for d in docs for w in d),
+        dtype=np.int64,
+        count=total,
+    ).view(np.uint64)
     m = total - n + 1
     h = np.zeros(m, dtype=np.uint64)
     for j in range(n):
@@ -283,9 +295,7 @@ def near_duplicates(
             if not len(part):
                 if not words:
                     continue
-                part = np.array(
-                    [hash(tuple(words)) & 0xFFFFFFFF], dtype=np.uint32
-                )  # shorter than one shingle
+                part = np.array([stable_hash(" ".join(words)) & 0xFFFFFFFF], dtype=np.uint32)  # < one shingle
             m = template.copy()
             m.update_batch(part)
             sigs[i] = m.hashvalues
