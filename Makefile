@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir '$(LLAMA_SPEC)'
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
-	$(BIN)/python -m mathscale_utils.finetune setup-converter
+	$(BIN)/python -m mathscale_utils.serve setup-converter
 	touch $(STAMP)
 
 llama-rebuild: setup   # rebuild llama.cpp with LLAMA_CMAKE_ARGS (e.g. after a crash, or to try a native build)
@@ -37,7 +37,7 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m mathscale_utils.models install $(TEST_MODELS)
-	$(BIN)/python -m mathscale_utils.finetune materialize $(TEST_MODELS)
+	$(BIN)/python -m mathscale_utils.models materialize $(TEST_MODELS)
 	$(BIN)/python -m pytest
 
 test-fast: setup

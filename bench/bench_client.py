@@ -27,8 +27,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mathscale_utils.chat import ChatRequest  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig  # noqa: E402
+from mathscale_utils.llm import LLM  # noqa: E402
+from mathscale_utils.params import LLMConfig  # noqa: E402
 
 SYSTEM = (
     "You are a math teacher. Read the math question below and list the topics and knowledge points needed to "

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.data import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
+from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
 from mathscale_utils.judges import _LAST_NUMBER, _parse_gold, is_textual, paper_judge, strict_judge  # noqa: E402
 

@@ -1,8 +1,13 @@
 """The provider Batch API path (OpenAI-compatible /v1/files + /v1/batches): half price, a 24 h window, no live calls.
 
-    runner = BatchRunner(llm, run_dir / "batches", BatchConfig(), stage="03_generate")
-    report = runner.run(requests)      # submit, poll, collect, resubmit failures; blocks until done or max_wait_s
-    results = llm.chat_many(requests)  # every collected reply is now a cache hit: no live call
+    llm:                               # a params file: every stage's teacher calls go through the Batch API
+      backend: batch
+      batch: {poll_s: 300}
+    with LLM.for_stage(P, "03_generate") as llm:
+        llm.prefetch(requests)         # submit, poll, collect, resubmit failures; blocks until done or max_wait_s
+        results = llm.chat_many(requests)  # every collected reply is now a cache hit: no live call
+
+``LLM`` makes the ``BatchRunner`` below when its backend is "batch"; stages never touch it directly.
 
 How it works
     1. Requests already in the LLM cache are skipped. The rest are written as JSON Lines request files
@@ -31,65 +36,21 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from mathscale_utils.chat import LOCAL_API_KEY, ChatRequest, request_body
 from mathscale_utils.io import read_json, write_json, write_jsonl
-from mathscale_utils.llm import LLM, LOCAL_API_KEY, ChatRequest
+from mathscale_utils.params import BatchConfig
+
+if TYPE_CHECKING:
+    from mathscale_utils.llm import LLM
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
-class BatchConfig(BaseModel):
-    """The `generate.batch:` section: how Batch API jobs are cut, polled and retried."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    poll_s: float = Field(60.0, ge=0.0, description="seconds between status polls")
-    max_wait_s: float | None = Field(
-        None, ge=0.0, description="stop waiting after this long (state is kept); null = wait"
-    )
-    max_requests_per_job: int = Field(50_000, ge=1, description="OpenAI: at most 50,000 requests per batch")
-    max_bytes_per_job: int = Field(190_000_000, ge=1_000, description="OpenAI: input files up to 200 MB")
-    max_rounds: int = Field(3, ge=1, description="submissions per request in all (first + resubmissions)")
-    completion_window: Literal["24h"] = "24h"
-    endpoint: str = "/v1/chat/completions"
-    price_factor: float = Field(0.5, gt=0.0, description="batch price / live price (OpenAI: 0.5)")
-    adopt_scan: int = Field(1000, ge=0, description="batches listed to re-find one whose id was not saved")
-
-
 class BatchBudgetError(RuntimeError):
     """The estimated cost of a submission would pass llm.budget_usd."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Request bodies
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def request_body(req: ChatRequest, model: str) -> dict:
-    """The chat-completions body of a request (OpenAI form of response_format)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": req.messages,
-        "temperature": req.temperature,
-        "max_tokens": req.max_tokens,
-    }
-    if req.seed is not None:
-        body["seed"] = req.seed
-    if req.stop:
-        body["stop"] = req.stop
-    rf = req.response_format
-    if rf:
-        if rf.get("type") == "json_object" and "schema" in rf:
-            rf = {
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": rf["schema"], "strict": False},
-            }
-        body["response_format"] = rf
-    return body
 
 
 def _describe_error(line: dict) -> str:
@@ -189,10 +150,9 @@ class BatchRunner:
     # ---- public ----------------------------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest], desc: str = "") -> dict:
         """submit + wait: until every request is cached, has failed max_rounds times, or max_wait_s has passed."""
-        model = self.llm.cfg.model
         wanted: dict[str, ChatRequest] = {}
         for r in requests:
-            wanted.setdefault(r.key(model), r)
+            wanted.setdefault(r.key(self.llm.model_id), r)
         cached_before = sum(self.llm.cache_get(k) is not None for k in wanted)
         self.submit(list(wanted.values()), desc)
         self.wait()
@@ -203,10 +163,10 @@ class BatchRunner:
 
         Request files are the record of what was asked, so callers may submit in parts and drop the requests."""
         model = self.llm.cfg.model
-        pending = self._pending()
+        pending = self.pending()
         lines: dict[str, dict] = {}
         for r in requests:
-            k = r.key(model)
+            k = r.key(self.llm.model_id)
             if (
                 k in lines
                 or k in pending
@@ -242,7 +202,8 @@ class BatchRunner:
         """Jobs not yet collected (submitted, or still running at the provider)."""
         return self._active()
 
-    def _pending(self) -> set[str]:
+    def pending(self) -> set[str]:
+        """Keys of the requests in unfinished jobs."""
         return {k for j in self._active() for k in self._job_keys(j)}
 
     def _resubmit_failures(self) -> None:
@@ -252,7 +213,7 @@ class BatchRunner:
             for k, f in self.state["failures"].items()
             if f["n"] < self.cfg.max_rounds and not f.get("resolved")
         }
-        retry -= self._pending()
+        retry -= self.pending()
         retry = {k for k in retry if self.llm.cache_get(k) is None}
         if not retry:
             return
@@ -462,10 +423,4 @@ class BatchRunner:
         self.log(f"batch {job['id']} {b.status}: {job['succeeded']} succeeded, {failed} failed or expired")
 
 
-__all__ = [
-    "BatchConfig",
-    "BatchRunner",
-    "BatchBudgetError",
-    "request_body",
-    "TERMINAL",
-]
+__all__ = ["BatchRunner", "BatchBudgetError", "TERMINAL"]

@@ -1,11 +1,13 @@
 """Run the numbered notebooks with papermill from one params file and record a manifest.
 
-    python -m mathscale_utils.chain params/quickstart.yaml [--only 01,02] [--from 03]
+    python -m mathscale_utils.chain params/quickstart.yaml [--only 01,02] [--from 03] [--engine python]
     python -m mathscale_utils.chain --sweep params/scaling_cpu.yaml
 
 Writes outputs/<run_name>/: executed notebooks under notebooks/, each stage's artifacts, and manifest.json (git
 commit, params, package versions, seed, per-stage wall time, tokens, cost, status). Only the params file path is
-passed to a notebook as a parameter, so nothing secret can be written into an executed notebook.
+passed to a notebook as a parameter, so nothing secret can be written into an executed notebook. Each notebook
+calls its stage's function in ``stages.py``; ``--engine python`` calls those functions without Jupyter. A stage is
+ok only when it wrote its summary and every output ``artifacts.STAGES`` lists for it.
 """
 
 from __future__ import annotations
@@ -25,18 +27,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mathscale_utils import stages
+from mathscale_utils.artifacts import STAGE_IDS, RunDir, stage
 from mathscale_utils.io import read_json, write_json, write_text
-from mathscale_utils.params import ROOT, STAGES, Params, ParamsError, load_params, parse_params, resolve_path
+from mathscale_utils.params import ROOT, Params, ParamsError, load_params, parse_params, resolve_path
 
 KERNEL = "mathscale"
-NOTEBOOKS = {
-    "01": "01_extract_concepts.ipynb",
-    "02": "02_concept_graph.ipynb",
-    "03": "03_generate_questions.ipynb",
-    "04": "04_finetune.ipynb",
-    "05": "05_mwpbench_eval.ipynb",
-    "06": "06_scaling_curves.ipynb",
-}
+ENGINES = ("notebook", "python")
 PACKAGES = [
     "mathscale", "openai", "llama_cpp_python", "papermill", "networkx", "pyvis", "pandas", "matplotlib",
     "transformers", "peft", "bitsandbytes", "torch", "datasketch", "math-verify", "datasets",
@@ -44,7 +41,7 @@ PACKAGES = [
 
 
 class StageFailed(RuntimeError):
-    """A notebook raised; the message names the executed notebook, the cell and the error."""
+    """A stage raised, or did not write what it must; the message names the notebook and cell, or the file."""
 
 
 def select_stages(params: Params, only: str | None = None, start: str | None = None) -> list[str]:
@@ -52,16 +49,16 @@ def select_stages(params: Params, only: str | None = None, start: str | None = N
     stages = list(params.stages)
     if only:
         wanted = [s.strip().zfill(2) for s in only.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in STAGES]
+        unknown = [s for s in wanted if s not in STAGE_IDS]
         if unknown:
-            raise ParamsError(f"--only: unknown stage(s) {unknown}; known: {STAGES}")
-        stages = [s for s in STAGES if s in wanted]
+            raise ParamsError(f"--only: unknown stage(s) {unknown}; known: {list(STAGE_IDS)}")
+        stages = [s for s in STAGE_IDS if s in wanted]
     if start:
         start = start.strip().zfill(2)
-        if start not in STAGES:
-            raise ParamsError(f"--from: unknown stage {start!r}; known: {STAGES}")
+        if start not in STAGE_IDS:
+            raise ParamsError(f"--from: unknown stage {start!r}; known: {list(STAGE_IDS)}")
         stages = [s for s in stages if s >= start]
-    missing = [s for s in stages if not (ROOT / "notebooks" / NOTEBOOKS[s]).exists()]
+    missing = [s for s in stages if not (ROOT / "notebooks" / stage(s).notebook).exists()]
     if missing:
         raise ParamsError(f"stage(s) {missing} have no notebook in {ROOT / 'notebooks'}")
     return stages
@@ -112,12 +109,12 @@ def stage_usage(run_dir: Path, stage: str) -> dict:
     return out
 
 
-def run_stage(stage: str, params_file: Path, run_dir: Path, kernel: str) -> Path:
+def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -> Path:
     """Execute one notebook with papermill; raise StageFailed naming the notebook, cell and error."""
     import papermill as pm
 
-    src = ROOT / "notebooks" / NOTEBOOKS[stage]
-    dst = run_dir / "notebooks" / NOTEBOOKS[stage]
+    src = ROOT / "notebooks" / stage(stage_id).notebook
+    dst = RunDir(run_dir).notebook(stage(stage_id).notebook)
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(
@@ -126,13 +123,36 @@ def run_stage(stage: str, params_file: Path, run_dir: Path, kernel: str) -> Path
         )  # fmt: skip
     except pm.PapermillExecutionError as e:
         raise StageFailed(
-            f"stage {stage} failed in {dst} (cell {e.exec_count}): {e.ename}: {e.evalue}"
+            f"stage {stage_id} failed in {dst} (cell {e.exec_count}): {e.ename}: {e.evalue}"
         ) from None
     return dst
 
 
-def run_chain(params_file: str | Path, only: str | None = None, start: str | None = None) -> dict:
+def run_python(stage_id: str, params_file: Path) -> None:
+    """Call the stage's function directly (no Jupyter); raise StageFailed with the error."""
+    try:
+        stages.run(load_params(params_file), stage_id, log=lambda m: print(f"[{stage_id}] {m}", flush=True))
+    except Exception as e:  # noqa: BLE001 - any error fails the stage, named
+        raise StageFailed(f"stage {stage_id} failed: {type(e).__name__}: {e}") from e
+
+
+def check_outputs(stage_id: str, run_dir: Path, started: float) -> None:
+    """A stage is done only when its summary was written during this run and every listed output exists."""
+    st, run = stage(stage_id), RunDir(run_dir)
+    summary = getattr(run, st.summary)
+    if not summary.exists() or summary.stat().st_mtime < started - 1:
+        raise StageFailed(f"stage {stage_id} ended without writing {summary}")
+    missing = [str(getattr(run, name)) for name in st.outputs if not getattr(run, name).exists()]
+    if missing:
+        raise StageFailed(f"stage {stage_id} ended without writing {', '.join(missing)}")
+
+
+def run_chain(
+    params_file: str | Path, only: str | None = None, start: str | None = None, engine: str = "notebook"
+) -> dict:
     """Run the selected stages in order, writing the manifest after each; stop at the first failure."""
+    if engine not in ENGINES:
+        raise ParamsError(f"--engine: {engine!r}; known: {list(ENGINES)}")
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
     stages = select_stages(params, only, start)
@@ -155,15 +175,22 @@ def run_chain(params_file: str | Path, only: str | None = None, start: str | Non
         "status": "running",
     }
     write_json(manifest_path, manifest)
-    kernel = ensure_kernel()
-    for stage in stages:
-        t0 = time.perf_counter()
-        entry = {"notebook": NOTEBOOKS[stage], "status": "running"}
-        manifest["stages"][stage] = entry
+    kernel = ensure_kernel() if engine == "notebook" else ""
+    for sid in stages:
+        t0, started = time.perf_counter(), time.time()
+        entry = {"notebook": stage(sid).notebook, "engine": engine, "status": "running"}
+        manifest["stages"][sid] = entry
         write_json(manifest_path, manifest)
-        print(f"[chain] stage {stage}: {NOTEBOOKS[stage]} ...", flush=True)
+        print(
+            f"[chain] stage {sid}: {stage(sid).notebook if engine == 'notebook' else stage(sid).name} ...",
+            flush=True,
+        )
         try:
-            entry["executed"] = str(run_stage(stage, params_file, run_dir, kernel))
+            if engine == "notebook":
+                entry["executed"] = str(run_notebook(sid, params_file, run_dir, kernel))
+            else:
+                run_python(sid, params_file)
+            check_outputs(sid, run_dir, started)
             entry["status"] = "ok"
         except StageFailed as e:
             entry.update(status="failed", error=str(e))
@@ -171,10 +198,10 @@ def run_chain(params_file: str | Path, only: str | None = None, start: str | Non
             raise
         finally:
             entry["wall_s"] = round(time.perf_counter() - t0, 2)
-            entry["llm"] = stage_usage(run_dir, stage)
+            entry["llm"] = stage_usage(run_dir, sid)
             manifest["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json(manifest_path, manifest)
-        print(f"[chain] stage {stage}: ok in {entry['wall_s']} s", flush=True)
+        print(f"[chain] stage {sid}: ok in {entry['wall_s']} s", flush=True)
     manifest["status"] = "ok"
     write_json(manifest_path, manifest)
     return manifest
@@ -244,7 +271,7 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     return out
 
 
-def run_sweep(sweep_file: str | Path) -> list[dict]:
+def run_sweep(sweep_file: str | Path, engine: str = "notebook") -> list[dict]:
     """Run every setting of a sweep in order; a setting already completed with the same params is skipped."""
     manifests = []
     for params_file in sweep_params(sweep_file):
@@ -257,7 +284,7 @@ def run_sweep(sweep_file: str | Path) -> list[dict]:
                 manifests.append(m)
                 continue
         print(f"[sweep] {params.run_name}", flush=True)
-        manifests.append(run_chain(params_file))
+        manifests.append(run_chain(params_file, engine=engine))
     return manifests
 
 
@@ -267,15 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="sweep YAML file: run every setting in it (see params/scaling_cpu.yaml)")
     ap.add_argument("--only", help="comma-separated stages to run, e.g. 01,02")
     ap.add_argument("--from", dest="start", help="run from this stage on, e.g. 03")
+    ap.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="notebook",
+        help="notebook: execute the notebooks with papermill (default); python: call stages.py directly",
+    )
     args = ap.parse_args(argv)
     if bool(args.params) == bool(args.sweep):
         ap.error("give either a params file or --sweep FILE")
     try:
         if args.sweep:
-            ms = run_sweep(args.sweep)
+            ms = run_sweep(args.sweep, engine=args.engine)
             print(f"[sweep] done: {len(ms)} setting(s)")
             return 0
-        manifest = run_chain(args.params, only=args.only, start=args.start)
+        manifest = run_chain(args.params, only=args.only, start=args.start, engine=args.engine)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,65 +30,15 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import networkx as nx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mathscale_utils.graph import EDGE_KINDS, KP, TOPIC, kp_id, nodes_of_type, topic_id
+from mathscale_utils.artifacts import CompositionRow, RunDir
+from mathscale_utils.graph import EDGE_KINDS, KP, TOPIC, nodes_of_type
 from mathscale_utils.io import read_jsonl, write_json, write_jsonl
-
-COMPOSITIONS_FILE = "compositions.jsonl"
-COMPOSITIONS_STATS_FILE = "compositions_stats.json"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration (params file section `compose:`)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class ComposeConfig(BaseModel):
-    """The random walk that composes concepts (METHOD.md §4). Each choice the paper leaves open is a parameter."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(default=1000, ge=1, description="passes over all topics as start nodes (paper: ~1K)")
-    n_topic_steps: tuple[int, int] = Field(default=(1, 2), description="inclusive range of topic-graph steps")
-    n_kp_steps: tuple[int, int] = Field(
-        default=(0, 4), description="inclusive range of KP-graph steps after the first KP"
-    )
-    include_start_topic: bool = Field(default=True, description="the start topic belongs to the composition")
-    hybrid_from: Literal["last", "random"] = Field(
-        default="last",
-        description="topic -> KP step from the last topic reached, or a random collected topic",
-    )
-    allow_revisits: bool = Field(default=False, description="False: a walk never visits a node twice")
-    drop_without_kp: bool = Field(default=True, description="drop compositions with no KP")
-    dedup: bool = Field(default=True, description="drop compositions already produced (as unordered sets)")
-    shuffle_topics: bool = Field(default=True, description="shuffle the start-topic order in every epoch")
-    max_compositions: int | None = Field(
-        default=None, ge=1, description="stop after this many kept compositions"
-    )
-    max_rejections: int = Field(
-        default=8, ge=0, description="resample a visited neighbour this often before exact masked sampling"
-    )
-    chunk_walkers: int = Field(
-        default=1 << 18, ge=1, description="walkers advanced together (memory vs. speed)"
-    )
-
-    @model_validator(mode="after")
-    def _check_ranges(self) -> ComposeConfig:
-        for name in ("n_topic_steps", "n_kp_steps"):
-            lo, hi = getattr(self, name)
-            if lo < 0 or hi < lo:
-                raise ValueError(f"{name} must be (lo, hi) with 0 <= lo <= hi, got {(lo, hi)}")
-        if self.n_topic_steps[1] == 0 and not self.include_start_topic:
-            raise ValueError(
-                "no topic steps and include_start_topic=False would give compositions without topics"
-            )
-        return self
-
+from mathscale_utils.params import ComposeConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # Random walk: CSR arrays
@@ -580,18 +530,17 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
 
 def write_compositions(comps: Compositions | Iterable[dict], run_dir: str | Path) -> Path:
     """Write ``compositions.jsonl`` (atomically) and, for a :class:`Compositions`, ``compositions_stats.json``."""
-    run_dir = Path(run_dir)
-    path = write_jsonl(run_dir / COMPOSITIONS_FILE, iter(comps))
+    run = RunDir(run_dir)
+    path = write_jsonl(run.compositions, iter(comps))
     if isinstance(comps, Compositions):
-        write_json(run_dir / COMPOSITIONS_STATS_FILE, comps.stats)
+        write_json(run.compositions_stats, comps.stats)
     return path
 
 
-def read_compositions(run_dir: str | Path) -> list[dict]:
-    """Read ``compositions.jsonl`` back (list of dicts)."""
-    run_dir = Path(run_dir)
-    path = run_dir / COMPOSITIONS_FILE if run_dir.is_dir() else run_dir
-    return read_jsonl(path)
+def read_compositions(run_dir: str | Path) -> list[CompositionRow]:
+    """Read ``compositions.jsonl`` back (a run directory or the file itself)."""
+    path = Path(run_dir)
+    return read_jsonl(RunDir(path).compositions if path.is_dir() else path)  # type: ignore[return-value]
 
 
 def drop_table(stats: dict[str, Any]) -> list[tuple[str, int]]:
@@ -605,26 +554,7 @@ def drop_table(stats: dict[str, Any]) -> list[tuple[str, int]]:
     ]
 
 
-def composition_path(G: nx.Graph, comp: dict) -> list[tuple[str, str]]:
-    """The edges a composition's walk used, as node-id pairs (topic chain, hybrid step, KP chain); for views.
-
-    The hybrid edge joins the first KP to the last topic if they are linked, else to a linked collected topic."""
-    ts = [topic_id(t) for t in comp["topics"]]
-    start = topic_id(comp["start_topic"]) if comp.get("start_topic") else None
-    if start and (not ts or ts[0] != start):
-        ts = [start, *ts]
-    ks = [kp_id(k) for k in comp["knowledge_points"]]
-    edges = [(a, b) for a, b in itertools.pairwise(ts) if G.has_edge(a, b)]
-    if ks:
-        link = next((t for t in reversed(ts) if G.has_edge(t, ks[0])), None)
-        if link:
-            edges.append((link, ks[0]))
-    edges += [(a, b) for a, b in itertools.pairwise(ks) if G.has_edge(a, b)]
-    return edges
-
-
 __all__ = [
-    "ComposeConfig",
     "Compositions",
     "WalkGraph",
     "walk_graph",
@@ -632,5 +562,4 @@ __all__ = [
     "write_compositions",
     "read_compositions",
     "drop_table",
-    "composition_path",
 ]

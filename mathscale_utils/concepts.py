@@ -15,32 +15,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from mathscale_utils.data import Record, SeedsConfig
-from mathscale_utils.llm import LLM, ChatRequest, parse_json_reply
-
-
-class ExtractConfig(BaseModel):
-    """The `extract:` section of a params file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
-    min_count: int = Field(
-        2, ge=1, description="keep concepts extracted from at least this many seeds (paper: 2)"
-    )
-    max_topics: int = Field(2, ge=1)
-    max_knowledge_points: int = Field(5, ge=1)
-    temperature: float = 0.0
-    max_tokens: int = 256
-    json_schema: bool = True
-    case_fold: bool = Field(
-        False, description="merge concepts differing only in case (shown in their most common form)"
-    )
-
+from mathscale_utils.artifacts import Record
+from mathscale_utils.chat import ChatRequest, ChatResult, Unusable, ask_validated, parse_json_reply
+from mathscale_utils.llm import LLM
+from mathscale_utils.params import ExtractConfig
 
 PROMPT = """You are a math teacher. Read the question below and work out what it is testing.
 First name 1 or 2 general topics it belongs to (a subject or textbook chapter, for example "Ratio and proportion").
@@ -72,13 +52,20 @@ def json_schema(cfg: ExtractConfig) -> dict:
     }
 
 
-def build_request(question: str, cfg: ExtractConfig, history: list[dict] | None = None) -> ChatRequest:
-    """One extraction call; `history` carries a rejected reply and the correction for the retry."""
-    messages = [{"role": "user", "content": PROMPT.format(question=question.strip())}] + (history or [])
+def build_request(question: str, cfg: ExtractConfig) -> ChatRequest:
+    """One extraction call (JSON reply, grammar-constrained to the schema where the server supports it)."""
+    messages = [{"role": "user", "content": PROMPT.format(question=question.strip())}]
     fmt = {"type": "json_object", "schema": json_schema(cfg)} if cfg.json_schema else {"type": "json_object"}
     return ChatRequest(
         messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens, response_format=fmt
     )
+
+
+def retry_request(req: ChatRequest, reply: str | None, problem: str, cfg: ExtractConfig) -> ChatRequest:
+    """The one corrective retry: the rejected reply and a message naming what was wrong with it."""
+    retry = RETRY.format(problem=problem, max_topics=cfg.max_topics, max_kps=cfg.max_knowledge_points)
+    history = [{"role": "assistant", "content": reply or ""}, {"role": "user", "content": retry}]
+    return replace(req, messages=[*req.messages, *history])
 
 
 _WS = re.compile(r"\s+")
@@ -128,38 +115,27 @@ class Extraction:
 
 def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extraction]:
     """Extract concepts for every seed: one batch of calls, then one corrective retry for malformed replies."""
-    out = [Extraction(r) for r in records]
-    results = llm.chat_many([build_request(r.question, cfg) for r in records], desc="extract concepts")
-    retry: list[tuple[int, ChatRequest]] = []
-    for i, res in enumerate(results):
-        out[i].attempts = 1
-        if res.error:
-            out[i].error = f"request failed: {res.error}"
-            continue
+
+    def parse(res: ChatResult, first: ChatResult | None) -> tuple[list[str], list[str]]:
         try:
-            out[i].topics, out[i].knowledge_points = parse_reply(res.text, cfg)
+            return parse_reply(res.text, cfg)
         except ValueError as e:
-            history = [
-                {"role": "assistant", "content": res.text or ""},
-                {
-                    "role": "user",
-                    "content": RETRY.format(
-                        problem=e, max_topics=cfg.max_topics, max_kps=cfg.max_knowledge_points
-                    ),
-                },
-            ]
-            retry.append((i, build_request(records[i].question, cfg, history)))
-    if retry:
-        again = llm.chat_many([req for _, req in retry], desc="extract concepts (retry)")
-        for (i, _), res in zip(retry, again, strict=True):
-            out[i].attempts = 2
-            if res.error:
-                out[i].error = f"retry failed: {res.error}"
-                continue
-            try:
-                out[i].topics, out[i].knowledge_points = parse_reply(res.text, cfg)
-            except ValueError as e:
-                out[i].error = f"malformed reply after retry: {e}"
+            raise Unusable(f"malformed reply after retry: {e}" if first else str(e)) from None
+
+    def fix(req: ChatRequest, res: ChatResult, problem: str) -> ChatRequest:
+        return retry_request(req, res.text, problem, cfg)
+
+    requests = [build_request(r.question, cfg) for r in records]
+    out = []
+    for r, a in zip(records, ask_validated(llm, requests, parse, fix, desc="extract concepts"), strict=True):
+        ex = Extraction(r, attempts=len(a.results))
+        if a.ok:
+            ex.topics, ex.knowledge_points = a.value
+        elif a.failed:
+            ex.error = f"{'retry' if len(a.results) > 1 else 'request'} failed: {a.results[-1].error}"
+        else:
+            ex.error = a.problem
+        out.append(ex)
     if cfg.case_fold:
         merge_case_variants(out)
     return out
@@ -235,3 +211,19 @@ def summary(extractions: list[Extraction], min_count: int) -> dict:
         "topics_after_filter": sum(1 for n in topic_n.values() if n >= min_count),
         "knowledge_points_after_filter": sum(1 for n in kp_n.values() if n >= min_count),
     }
+
+
+def plot_top_concepts(table: list[dict], min_count: int, top: int = 15):
+    """The most common topics and KPs (bars; grey: dropped by the frequency filter), from frequency_table rows."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, kind in zip(axes, ["topic", "knowledge_point"], strict=True):
+        rows = [r for r in table if r["type"] == kind][:top][::-1]
+        ax.barh([r["concept"] for r in rows], [r["count"] for r in rows],
+                color=["tab:blue" if r["kept"] else "tab:gray" for r in rows])  # fmt: skip
+        ax.set_title(f"most common {kind.replace('_', ' ')}s")
+        ax.set_xlabel("seed questions")
+    fig.suptitle(f"grey: dropped by the frequency filter (fewer than {min_count} seed questions)")
+    fig.tight_layout()
+    return fig

@@ -1,92 +1,21 @@
-"""What stage 03 writes and shows about MathScaleQA (paper §4.1): mathscaleqa.jsonl, its Hugging Face copy,
-generate_summary.json, dataset_card.md, and the notebook's views (concept-graph coverage, difficulty proxies)."""
+"""What stage 03 writes about MathScaleQA (paper §4.1): mathscaleqa.jsonl, its Hugging Face copy, the lists of
+removed questions, generate_summary.json and dataset_card.md. Statistics for the notebook are in dataset_stats.py."""
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mathscale_utils.artifacts import RunDir, stage
 from mathscale_utils.filters import Assembly, funnel_adds_up
-from mathscale_utils.generate_config import (
-    CARD_FILE,
-    GEN_DIR,
-    HF_DIR,
-    OUTPUT_FILE,
-    STAGE,
-    SUMMARY_FILE,
-    GenerateConfig,
-)
-from mathscale_utils.io import DataError, read_json, read_jsonl, write_json, write_jsonl, write_text
-from mathscale_utils.llm import LLMConfig
+from mathscale_utils.io import DataError, read_json, write_json, write_jsonl, write_text
+from mathscale_utils.params import GenerateConfig, LLMConfig
 from mathscale_utils.reply_format import PROMPT, RETRY, template_hash
-
-# ----------------------------------------------------------------------------------------------------------------
-# Views for the notebook: coverage and difficulty proxies
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def graph_vocabulary(run_dir: str | Path, seeds: Sequence[dict] | None = None) -> tuple[set[str], set[str]]:
-    """(topics, KPs) of the concept graph (``concept_graph.graphml``), else of the filtered concepts."""
-    run_dir = Path(run_dir)
-    gpath = run_dir / "concept_graph.graphml"
-    if gpath.exists():
-        from mathscale_utils.graph import KP, TOPIC, load_graph
-
-        G = load_graph(gpath)
-        topics = {d.get("label", n) for n, d in G.nodes(data=True) if d.get("type") == TOPIC}
-        kps = {d.get("label", n) for n, d in G.nodes(data=True) if d.get("type") == KP}
-        return topics, kps
-    seeds = seeds if seeds is not None else read_jsonl(run_dir / "concepts.jsonl")
-    return {t for s in seeds for t in s.get("topics") or []}, {
-        k for s in seeds for k in s.get("knowledge_points") or []
-    }
-
-
-def coverage(rows: Sequence[dict], topics: set[str], kps: set[str]) -> dict:
-    """Share of the graph's topics and KPs that at least one generated question uses."""
-    gen = [r for r in rows if r.get("source", "generated") == "generated"]
-    used_t = {t for r in gen for t in r["topics"]} & topics
-    used_k = {k for r in gen for k in r["knowledge_points"]} & kps
-    return {
-        "generated_questions": len(gen),
-        "graph_topics": len(topics),
-        "topics_used": len(used_t),
-        "topic_coverage": round(len(used_t) / len(topics), 4) if topics else None,
-        "graph_kps": len(kps),
-        "kps_used": len(used_k),
-        "kp_coverage": round(len(used_k) / len(kps), 4) if kps else None,
-    }
-
-
-def solution_steps(solution: str) -> int:
-    """A difficulty proxy: non-empty lines, or sentences when the solution is one paragraph."""
-    lines = [x for x in solution.split("\n") if x.strip()]
-    if len(lines) > 1:
-        return len(lines)
-    return max(1, len(re.findall(r"[.!?](?:\s|$)", solution)))
-
-
-def difficulty_proxies(rows: Sequence[dict]) -> list[dict]:
-    """Per row: source, question words, KPs in its composition, solution steps, solution words."""
-    return [
-        {
-            "id": r["id"],
-            "source": r["source"],
-            "question_words": len(r["question"].split()),
-            "n_kps": len(r["knowledge_points"]),
-            "n_topics": len(r["topics"]),
-            "solution_steps": solution_steps(r["solution"]),
-            "solution_words": len(r["solution"].split()),
-        }
-        for r in rows
-    ]
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Export: jsonl, HF copy, summary, dataset card
@@ -113,8 +42,11 @@ def export_hf(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+STAGE = stage("03").label
+
+
 def _usage_total(run_dir: Path) -> dict:
-    f = run_dir / "usage" / f"{STAGE}.json"
+    f = RunDir(run_dir).usage_file(STAGE)
     try:
         return read_json(f).get("total", {}) if f.exists() else {}
     except DataError:
@@ -189,7 +121,7 @@ def dataset_card(
         "## Source",
         "",
         f"- Teacher: `{llm_cfg.model}` at {llm_cfg.base_url or 'the embedded local llama.cpp server'}"
-        f" (backend: {cfg.backend}); temperature {cfg.temperature}, max tokens {cfg.max_tokens}",
+        f" (backend: {llm_cfg.backend}); temperature {cfg.temperature}, max tokens {cfg.max_tokens}",
         f"- Seeds: {len(seeds)} ({', '.join(f'{k}: {v}' for k, v in src.most_common())}); "
         f"{cfg.shots} nearest seed(s) by knowledge-point Jaccard distance shown per prompt",
         f"- Rows: {summary['counts']['generated_kept']} generated + {summary['counts']['seed_rows']} seed rows "
@@ -279,7 +211,7 @@ def dataset_card(
 
 def batch_summary(run_dir: str | Path) -> dict:
     """{"batch": {usage, jobs}} from batches/state.json when the Batch API was used, else {}."""
-    path = Path(run_dir) / "batches" / "state.json"
+    path = RunDir(run_dir).batches / STAGE / "state.json"
     if not path.exists():
         return {}
     st = read_json(path)
@@ -293,23 +225,19 @@ def batch_summary(run_dir: str | Path) -> dict:
 def export(run_dir: str | Path, asm: Assembly, cfg: GenerateConfig, llm_cfg: LLMConfig, seeds: Sequence[dict], seed: int,
            estimate: dict | None = None, usage: dict | None = None, extra: dict | None = None) -> dict:  # fmt: skip
     """Write mathscaleqa.jsonl, the HF copy, the hit lists, generate_summary.json and dataset_card.md."""
-    run_dir = Path(run_dir)
-    write_jsonl(run_dir / OUTPUT_FILE, asm.rows)
-    write_jsonl(run_dir / GEN_DIR / "decontamination.jsonl", asm.decontamination)
-    write_jsonl(run_dir / GEN_DIR / "duplicates.jsonl", asm.duplicates)
+    run = RunDir(run_dir)
+    write_jsonl(run.mathscaleqa, asm.rows)
+    write_jsonl(run.decontamination, asm.decontamination)
+    write_jsonl(run.duplicates, asm.duplicates)
     if cfg.export_hf:
-        export_hf(asm.rows, run_dir / HF_DIR)
-    summary = build_summary(asm, cfg, estimate, usage, run_dir, extra)
-    write_json(run_dir / SUMMARY_FILE, summary)
-    write_text(run_dir / CARD_FILE, dataset_card(asm, summary, cfg, llm_cfg, seeds, seed))
+        export_hf(asm.rows, run.mathscaleqa_hf)
+    summary = build_summary(asm, cfg, estimate, usage, run.root, extra)
+    write_json(run.generate_summary, summary)
+    write_text(run.dataset_card, dataset_card(asm, summary, cfg, llm_cfg, seeds, seed))
     return summary
 
 
 __all__ = [
-    "graph_vocabulary",
-    "coverage",
-    "difficulty_proxies",
-    "solution_steps",
     "export",
     "export_hf",
     "build_summary",

@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from mathscale_utils.generate_config import STAGE, GenerateConfig
+from mathscale_utils.artifacts import stage
+from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
+from mathscale_utils.chat import ChatRequest
 from mathscale_utils.io import DataError
-from mathscale_utils.llm import LLM, ChatRequest
+from mathscale_utils.llm import LLM
+from mathscale_utils.params import GenerateConfig
 from mathscale_utils.reply_format import CHECK_PROMPT, clean_answer, final_answer, seed_solution
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,20 +98,15 @@ def check_request(question: str, cfg: GenerateConfig, seed: int) -> ChatRequest:
     )
 
 
-def check_answers(
-    rows: Sequence[dict], llm: LLM, cfg: GenerateConfig, seed: int = 0, run_dir: str | Path | None = None
-) -> dict[str, dict]:
+def check_answers(rows: Sequence[dict], llm: LLM, cfg: GenerateConfig, seed: int = 0) -> dict[str, dict]:
     """composition_id -> {teacher_answer, agrees} for every usable row (calls cached, so a re-run is free)."""
     ok = [r for r in rows if r["status"] == "ok"]
     reqs = [check_request(r["question"], cfg, seed) for r in ok]
-    if cfg.backend == "batch" and reqs and run_dir is not None:
-        from mathscale_utils.batch import BatchRunner
-
-        BatchRunner(llm, Path(run_dir) / "batches", cfg.batch, stage=STAGE).run(reqs, desc="answer check")
+    llm.prefetch(reqs, "answer check")  # the Batch API backend: one submission for all
     out: dict[str, dict] = {}
     for i in range(0, len(ok), cfg.shard_size):
         chunk = ok[i : i + cfg.shard_size]
-        results = llm.chat_many(reqs[i : i + cfg.shard_size], desc=f"{STAGE} answer check")
+        results = llm.chat_many(reqs[i : i + cfg.shard_size], desc=f"{stage('03').label} answer check")
         for r, res in zip(chunk, results, strict=True):
             fa = final_answer(res.text or "") if res.ok else None
             teacher = fa[0] if fa else None
@@ -241,7 +239,6 @@ def load_test_questions(
     """MWPBench test questions (all ten datasets and Fresh-GaokaoMath-2023 unless narrowed), via
     ``data.load_mwpbench``; returns (items, notes on what is missing). A dataset whose files are absent is noted,
     not fatal: decontamination then covers what is available, and the card says so."""
-    from mathscale_utils.data import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
 
     names = list(datasets) if datasets else [*MWPBENCH_DATASETS, FRESH_GAOKAO]
     items: list[TestItem] = []

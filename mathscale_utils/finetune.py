@@ -1,4 +1,4 @@
-"""Stage 04: fine-tune a student model on MathScaleQA with LoRA (CPU) or QLoRA (GPU), and make it servable.
+"""Stage 04: fine-tune a student model on MathScaleQA with LoRA (CPU) or QLoRA (GPU). Serving it is serve.py.
 
 The paper (METHOD.md §6) fully fine-tunes LLaMA-2/Mistral-7B with open-instruct: Alpaca prompt, global batch 128,
 lr 2e-5, 3 epochs. Here the same data format and loss (response tokens only) train a LoRA adapter instead:
@@ -28,71 +28,18 @@ import json
 import random
 import resource
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from mathscale_utils.artifacts import RunDir
 from mathscale_utils.io import append_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text
-from mathscale_utils.judges import fill_template
+from mathscale_utils.models import base_path, clear_gguf_quant_flags
+from mathscale_utils.params import FinetuneConfig, resolve_path
+from mathscale_utils.templates import fill_template
 
 # open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"
 RESPONSE_SEP = " "
-HF_CACHE = Path(os.environ.get("MATHSCALE_HF_CACHE") or Path.home() / ".cache" / "mathscale" / "hf")
-LLAMA_CPP_VERSION = "0.3.36"
-CONVERTER_DIR = Path.home() / ".cache" / "mathscale" / f"llama_cpp_convert-{LLAMA_CPP_VERSION}"
-
-
-class FinetuneConfig(BaseModel):
-    """The `finetune:` params section. Defaults are the CPU quickstart: fp32 LoRA r=16 on all linear layers of
-    qwen2.5-coder-0.5b-instruct, the smallest embedded model that answers sensibly (the 135M one only checks
-    plumbing), so that stage 05 compares a real student before and after. LoRA trains the 0.5B model at 40-60 tokens/s
-    on 2 cores and an example is 200-300 tokens, so 20 optimizer steps of 2 examples (batch 1 x accumulation 2: no
-    padding) take 2.5-5 minutes (measured: 143 s): enough for the loss to fall and the answers to take the trained
-    format, not to change accuracy. lr 2e-4 is the usual LoRA rate. gpu_recipe() is the paper-scale GPU setting."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_model: str = "qwen2.5-coder-0.5b-instruct"  # embedded registry name, HF id or local HF directory
-    train_file: str | None = None  # default: <run_dir>/mathscaleqa.jsonl from stage 03
-    prompt_format: Literal["chat", "alpaca"] = "chat"  # see render_prompt
-    method: Literal["lora", "qlora"] = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-    lr: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int | None = 20  # when set, overrides epochs
-    per_device_batch: int = 1
-    grad_accum: int = 2
-    max_length: int = 512
-    packing: bool = False
-    warmup_ratio: float = 0.03
-    scheduler: str = "linear"
-    optim: str | None = None  # None: adamw_torch for lora, paged_adamw_8bit for qlora
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    bf16: bool = False  # CPUs here have no bf16 instructions
-    save_steps: int = 10
-    save_total_limit: int = 2
-    eval_holdout: int = 4  # questions held out of training, answered before/after
-    max_examples: int | None = None  # cap on training rows
-    max_new_tokens: int = 256  # for the before/after answers
-
-    @classmethod
-    def gpu_recipe(cls, base_model: str = "mistralai/Mistral-7B-v0.1") -> FinetuneConfig:
-        """QLoRA on one GPU, as close to the paper's full fine-tuning as LoRA allows (see module docstring)."""
-        return cls(base_model=base_model, prompt_format="alpaca", method="qlora", lora_r=64, lora_alpha=16, lr=1e-4,
-                   epochs=3, max_steps=None, per_device_batch=8, grad_accum=16, max_length=2048, packing=True,
-                   gradient_checkpointing=True, bf16=True, optim="paged_adamw_8bit", save_steps=500,
-                   eval_holdout=64)  # fmt: skip
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -186,50 +133,12 @@ def split_rows(rows: list[dict], cfg: FinetuneConfig) -> tuple[list[dict], list[
     return (train[: cfg.max_examples] if cfg.max_examples else train), held
 
 
-def train_file(cfg: FinetuneConfig, run_dir: Path) -> Path:
-    from mathscale_utils.params import resolve_path
-
-    return resolve_path(cfg.train_file) if cfg.train_file else Path(run_dir) / "mathscaleqa.jsonl"
+def train_file(cfg: FinetuneConfig, run_dir: str | Path) -> Path:
+    """finetune.train_file, else the run's mathscaleqa.jsonl (stage 03)."""
+    return resolve_path(cfg.train_file) if cfg.train_file else RunDir(run_dir).mathscaleqa
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
-
-
-def clear_gguf_quant_flags(model) -> None:
-    """GGUF loading dequantises to fp32 but leaves a 'quantised' flag that Trainer and save_pretrained refuse."""
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-
-def materialize(name: str) -> Path:
-    """HF directory (safetensors + tokenizer) of an embedded model, converted from its GGUF once (25-90 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mathscale_utils.models import ensure_model
-
-    out = HF_CACHE / name
-    if (out / "model.safetensors").exists() and (out / "config.json").exists():
-        return out
-    gguf = ensure_model(name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    clear_gguf_quant_flags(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
-
-
-def base_path(base_model: str) -> str:
-    """A local HF directory for an embedded name (materialised), else the HF id or path unchanged."""
-    from mathscale_utils.models import REGISTRY
-
-    return str(materialize(base_model)) if base_model in REGISTRY else base_model
 
 
 def load_tokenizer(cfg: FinetuneConfig):
@@ -325,9 +234,9 @@ def train(
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    run_dir = Path(run_dir)
-    ft, adapter_dir = run_dir / "finetune", run_dir / "adapter"
-    data_path = train_file(cfg, run_dir)
+    run = RunDir(run_dir)
+    ft, adapter_dir = run.finetune, run.adapter
+    data_path = train_file(cfg, run.root)
     data_sha = sha256_file(data_path)
     train_rows, _ = split_rows(read_jsonl(data_path), cfg)
     if not train_rows:
@@ -341,8 +250,8 @@ def train(
     examples = [encode_example(tok, r["question"], r["solution"], n, fmt) for r in train_rows]
     dataset = pack(examples, cfg.max_length) if cfg.packing else examples
 
-    key, key_file, loss_file = _resume_key(cfg, data_sha), ft / "resume_key.txt", ft / "loss.jsonl"
-    ckpt = get_last_checkpoint(str(ft / "checkpoints")) if (ft / "checkpoints").is_dir() else None
+    key, key_file, loss_file = _resume_key(cfg, data_sha), run.resume_key, run.loss
+    ckpt = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
     if not (resume and ckpt and key_file.exists() and key_file.read_text() == key):
         ckpt = None
         shutil.rmtree(ft, ignore_errors=True)
@@ -353,7 +262,7 @@ def train(
     write_text(key_file, key)
 
     args = TrainingArguments(
-        output_dir=str(ft / "checkpoints"), per_device_train_batch_size=cfg.per_device_batch,
+        output_dir=str(run.checkpoints), per_device_train_batch_size=cfg.per_device_batch,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,
         optim=cfg.optim or ("paged_adamw_8bit" if cfg.method == "qlora" else "adamw_torch"),
@@ -385,8 +294,8 @@ def train(
         "initial_loss": curve[0][1] if curve else None, "final_loss": curve[-1][1] if curve else None,
         "loss_curve": curve, "torch": torch.__version__,
     }  # fmt: skip
-    write_json(adapter_dir / "training_card.json", card)
-    write_text(adapter_dir / "training_card.md", render_card(card))
+    write_json(run.training_card, card)
+    write_text(run.training_card_md, render_card(card))
     return card
 
 
@@ -404,72 +313,14 @@ def render_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-# ---- serving: transformers + peft, and llama.cpp -------------------------------------------------------------------
-
-
-def load_student(cfg: FinetuneConfig, adapter_dir: str | Path | None = None):
-    """(model, tokenizer) for generation: the base (unquantised) with the adapter on top when adapter_dir is given.
-    With an adapter, `with model.disable_adapter():` gives the base model's answers from the same object."""
-    from peft import PeftModel
-
-    model, tok = load_base(cfg.model_copy(update={"method": "lora"}))
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return model.eval(), tok
-
-
-def generate(
-    model, tok, prompts: list[str], max_new_tokens: int = 256, add_special_tokens: bool = False
-) -> list[str]:
-    """Greedy completions of rendered prompts (render_prompt), in left-padded batches of 4, cut at EOS."""
-    import torch
-
-    outs = []
-    for i in range(0, len(prompts), 4):
-        enc = tok(prompts[i : i + 4], return_tensors="pt", padding=True, padding_side="left",
-                  add_special_tokens=add_special_tokens).to(model.device)  # fmt: skip
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, pad_token_id=tok.pad_token_id)  # fmt: skip
-        outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [o.strip() for o in outs]
-
-
-def compare(
-    cfg: FinetuneConfig, run_dir: str | Path, n: int | None = None, backend: str = "hf"
-) -> list[dict]:
-    """Before/after on held-out questions: {"id", "question", "reference", "base", "tuned"} per question, also
-    written to run_dir/finetune/before_after.jsonl. backend "hf": transformers + peft, the adapter switched off and
-    on in one model; "llama_cpp": the embedded GGUF without and with adapter/adapter.gguf (as stage 05 serves it)."""
-    run_dir = Path(run_dir)
-    _, held = split_rows(read_jsonl(train_file(cfg, run_dir)), cfg)
-    held = held[: n or cfg.eval_holdout]
-    qs = [r["question"] for r in held]
-    if backend == "llama_cpp":
-        from mathscale_utils.models import ensure_model
-
-        gguf, lora = ensure_model(cfg.base_model), run_dir / "adapter" / "adapter.gguf"
-        base, tuned = (
-            llama_cpp_answers(gguf, qs, x, cfg.prompt_format, cfg.max_new_tokens) for x in (None, lora)
-        )
-    else:
-        model, tok = load_student(cfg, run_dir / "adapter")
-        prompts = [render_prompt(tok, q, cfg.prompt_format) for q in qs]
-        kw = {"max_new_tokens": cfg.max_new_tokens, "add_special_tokens": cfg.prompt_format == "alpaca"}
-        with model.disable_adapter():
-            base = generate(model, tok, prompts, **kw)
-        tuned = generate(model, tok, prompts, **kw)
-    out = [{"id": r.get("id"), "question": r["question"], "reference": r.get("answer"), "base": b, "tuned": t}
-           for r, b, t in zip(held, base, tuned, strict=True)]  # fmt: skip
-    write_jsonl(run_dir / "finetune" / "before_after.jsonl", out)
-    return out
+# ---- watching it train ------------------------------------------------------------------------------------
 
 
 def plot_loss(run_dir: str | Path, ax=None):
     """The training loss per optimizer step from run_dir/finetune/loss.jsonl (the last row of a step wins)."""
     import matplotlib.pyplot as plt
 
-    path = Path(run_dir) / "finetune" / "loss.jsonl"
+    path = RunDir(run_dir).loss
     rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
     steps = {r["step"]: r["loss"] for r in rows}
     ax = ax or plt.subplots(figsize=(6, 3))[1]
@@ -497,86 +348,3 @@ def live_loss_plot(run_dir: str | Path):
             handle.update(fig)
 
     return LivePlot()
-
-
-def setup_converter(version: str = LLAMA_CPP_VERSION, dest: Path = CONVERTER_DIR) -> Path:
-    """Fetch the llama-cpp-python sdist from PyPI once and keep llama.cpp's LoRA converter (with its gguf-py and
-    conversion/ package) in dest. Returns the path of convert_lora_to_gguf.py."""
-    script = dest / "convert_lora_to_gguf.py"
-    if script.exists():
-        return script
-    with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp]
-        subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        prefix = f"{sdist.name[: -len('.tar.gz')]}/vendor/llama.cpp/"
-        keep = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "gguf-py/", "conversion/", "LICENSE")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        with tarfile.open(sdist) as tf:
-            members = [m for m in tf.getmembers() if m.name.removeprefix(prefix).startswith(keep)]
-            for m in members:
-                m.name = m.name[len(prefix) :]
-            tf.extractall(staging, members=members, filter="data")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(staging, dest)
-    return script
-
-
-def convert_adapter_to_gguf(adapter_dir: str | Path, base_model: str, out: str | Path | None = None) -> Path:
-    """adapter/adapter.gguf from the peft adapter, against the materialised base's config (llama.cpp's script)."""
-    script = CONVERTER_DIR / "convert_lora_to_gguf.py"
-    if not script.exists():
-        raise FileNotFoundError(
-            f"{script} missing; run once: python -m mathscale_utils.finetune setup-converter"
-        )
-    out = Path(out) if out else Path(adapter_dir) / "adapter.gguf"
-    args = ["--base", base_path(base_model), "--outfile", str(out), "--outtype", "f32", str(adapter_dir)]
-    res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
-    if res.returncode != 0 or not out.exists():
-        raise RuntimeError(f"convert_lora_to_gguf.py failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return out
-
-
-def llama_cpp_answers(base_gguf: str | Path, questions: list[str], lora_path: str | Path | None = None,
-                      fmt: str = "chat", max_tokens: int = 256) -> list[str]:  # fmt: skip
-    """Greedy answers from llama.cpp (with the LoRA GGUF when given), asked as stage 05 asks (one user message with
-    the filled template, or the raw template for "alpaca"): checks that the adapter loads and acts, ~10x faster
-    than transformers on CPU."""
-    from llama_cpp import Llama
-
-    lora = str(lora_path) if lora_path else None
-    llm = Llama(model_path=str(base_gguf), lora_path=lora, n_ctx=4096, verbose=False)
-    outs = []
-    try:
-        for q in questions:
-            if fmt == "alpaca":
-                outs.append(
-                    llm(alpaca_prompt(q), max_tokens=max_tokens, temperature=0.0)["choices"][0]["text"]
-                )
-            else:
-                msgs = [{"role": "user", "content": alpaca_prompt(q)}]
-                out = llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=0.0)
-                outs.append(out["choices"][0]["message"]["content"])
-    finally:
-        llm.close()
-    return [o.strip() for o in outs]
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m mathscale_utils.finetune")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser(
-        "setup-converter", help="fetch llama.cpp's convert_lora_to_gguf.py (llama-cpp-python sdist)"
-    )
-    sub.add_parser("materialize", help="GGUF -> safetensors of embedded models").add_argument(
-        "names", nargs="+"
-    )
-    a = ap.parse_args()
-    if a.cmd == "setup-converter":
-        print(setup_converter())
-    else:
-        for name in a.names:
-            print(materialize(name))

@@ -54,20 +54,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mathscale_utils.dataset_card import batch_summary, export
-from mathscale_utils.filters import check_answers, filter_and_assemble, load_test_questions
-from mathscale_utils.generate_config import GEN_DIR, STAGE, GenerateConfig
+from mathscale_utils.artifacts import CompositionRow, ConceptRow, GeneratedRow, RunDir, stage
+from mathscale_utils.chat import ChatRequest, ChatResult, Unusable, ask_validated
 from mathscale_utils.io import DataError, read_json, read_jsonl, write_json, write_jsonl
-from mathscale_utils.llm import LLM, ChatRequest, ChatResult, LLMConfig
+from mathscale_utils.llm import LLM
+from mathscale_utils.params import GenerateConfig, LLMConfig
 from mathscale_utils.reply_format import (
     CHECK_PROMPT,
     EXAMPLE,
@@ -84,22 +82,21 @@ from mathscale_utils.reply_format import (
     template_hash,
 )
 
-if TYPE_CHECKING:
-    from mathscale_utils.params import Params
+STAGE = stage("03").label
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_inputs(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+def load_inputs(run_dir: str | Path) -> tuple[list[ConceptRow], list[CompositionRow]]:
     """(seed rows from concepts.jsonl, compositions from compositions.jsonl); clear errors when a stage is missing."""
-    run_dir = Path(run_dir)
-    for name, stage in (("concepts.jsonl", "01"), ("compositions.jsonl", "02")):
-        if not (run_dir / name).exists():
-            raise DataError(f"{run_dir / name}: file not found; run stage {stage} first")
-    seeds = read_jsonl(run_dir / "concepts.jsonl")
-    comps = read_jsonl(run_dir / "compositions.jsonl")
+    run = RunDir(run_dir)
+    for path, sid in ((run.concepts, "01"), (run.compositions, "02")):
+        if not path.exists():
+            raise DataError(f"{path}: file not found; run stage {sid} first")
+    seeds: list = read_jsonl(run.concepts)
+    comps: list = read_jsonl(run.compositions)
     for i, c in enumerate(comps, start=1):
         if (
             "id" not in c
@@ -107,7 +104,7 @@ def load_inputs(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
             or not isinstance(c.get("topics"), list)
         ):
             raise DataError(
-                f"{run_dir / 'compositions.jsonl'}:{i}: expected keys id, topics (list), knowledge_points (list)"
+                f"{run.compositions}:{i}: expected keys id, topics (list), knowledge_points (list)"
             )
     return seeds, comps
 
@@ -269,10 +266,6 @@ def retry_request(first: ChatRequest, reply: str | None, reason: str, cfg: Gener
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def shard_path(run_dir: str | Path, i: int) -> Path:
-    return Path(run_dir) / GEN_DIR / f"shard-{i:05d}.jsonl"
-
-
 def _fingerprint(cfg: GenerateConfig, model: str, seed: int, seeds_fp: str, comps: Sequence[dict]) -> str:
     """What a shard's rows depend on: settings, model, seed, prompt wording, the seed set and its compositions."""
     blob = json.dumps(
@@ -317,57 +310,50 @@ def _result_row(p: Planned, shard: int, fp: str) -> dict:
     }
 
 
-def _apply(row: dict, res: ChatResult, first_text: str | None = None) -> Parsed:
-    row["attempts"] += 1
-    row["request_keys"].append(res.key)
-    row["prompt_tokens"] += res.prompt_tokens
-    row["completion_tokens"] += res.completion_tokens
-    row["finish_reason"] = res.finish_reason
-    if not res.ok:
-        row.update(status="error", reason=f"error: {res.error}", reply=None)
-        return Parsed(reason="error")
-    if row["attempts"] > 1:
-        parsed = parse_retry(res.text, res.finish_reason, row["first_reason"], first_text)
-    else:
+def _parse(res: ChatResult, first: ChatResult | None) -> Parsed:
+    """A usable reply, parsed (a retry's reply may lean on the first one: see parse_retry); else Unusable."""
+    if first is None:
         parsed = parse_generation(res.text, res.finish_reason)
-    if parsed.ok:
-        row.update(
-            status="ok",
-            reason=None,
-            question=parsed.question,
-            solution=parsed.solution,
-            answer=parsed.answer,
-            reply=None,
-        )
     else:
-        row.update(status="rejected", reason=parsed.reason, reply=res.text)
+        first_reason = parse_generation(first.text, first.finish_reason).reason
+        parsed = parse_retry(res.text, res.finish_reason, first_reason, first.text)
+    if not parsed.ok:
+        raise Unusable(parsed.reason or "unusable")
     return parsed
 
 
 def generate_shard(
     planned: Sequence[Planned], llm: LLM, cfg: GenerateConfig, shard: int, fp: str
-) -> list[dict]:
+) -> list[GeneratedRow]:
     """One shard: first requests, then one retry (with a different request) for each unusable reply."""
-    rows = [_result_row(p, shard, fp) for p in planned]
-    results = llm.chat_many([p.request for p in planned], desc=f"{STAGE} shard {shard}")
-    retry: list[tuple[int, ChatRequest, str | None]] = []
-    for j, (row, res) in enumerate(zip(rows, results, strict=True)):
-        parsed = _apply(row, res)
-        if not parsed.ok and parsed.reason != "error":
-            row["first_reason"] = parsed.reason
-            retry.append((j, retry_request(planned[j].request, res.text, parsed.reason, cfg), res.text))
-    if retry:
-        results2 = llm.chat_many([r for _, r, _ in retry], desc=f"{STAGE} shard {shard} retries")
-        for (j, _, first_text), res in zip(retry, results2, strict=True):
-            _apply(rows[j], res, first_text)
+
+    def fix(req: ChatRequest, res: ChatResult, problem: str) -> ChatRequest:
+        return retry_request(req, res.text, problem, cfg)
+
+    asked = ask_validated(llm, [p.request for p in planned], _parse, fix, desc=f"{STAGE} shard {shard}")
+    rows = []
+    for p, a in zip(planned, asked, strict=True):
+        row = _result_row(p, shard, fp)
+        last = a.results[-1]
+        row.update(attempts=len(a.results), request_keys=[r.key for r in a.results], first_reason=a.first_problem,
+                   prompt_tokens=sum(r.prompt_tokens for r in a.results), finish_reason=last.finish_reason,
+                   completion_tokens=sum(r.completion_tokens for r in a.results))  # fmt: skip
+        if a.ok:
+            q = a.value
+            row.update(status="ok", question=q.question, solution=q.solution, answer=q.answer)
+        elif a.failed:
+            row.update(status="error", reason=f"error: {last.error}")
+        else:
+            row.update(status="rejected", reason=a.problem, reply=last.text)
+        rows.append(row)
     return rows
 
 
 def shard_status(run_dir: str | Path, n_shards: int, fps: Sequence[str], sizes: Sequence[int]) -> list[bool]:
     """Which shards are finished: file present, same fingerprint, all rows, no transport error."""
-    done = []
+    run, done = RunDir(run_dir), []
     for i in range(n_shards):
-        path = shard_path(run_dir, i)
+        path = run.shard(i)
         ok = False
         if path.exists():
             try:
@@ -381,7 +367,7 @@ def shard_status(run_dir: str | Path, n_shards: int, fps: Sequence[str], sizes: 
     return done
 
 
-def generate(
+def generate_shards(
     run_dir: str | Path,
     comps: Sequence[dict],
     index: FewShotIndex,
@@ -392,106 +378,78 @@ def generate(
 ) -> list[dict]:
     """Generate (or resume) every composition, shard by shard; returns the raw rows in composition order.
 
-    With backend "batch", the first requests of every unfinished shard (and then their retries) go through the
-    provider's Batch API first (``mathscale_utils.batch``); the shard loop below then finds them in the cache
-    (requests the Batch API gave up on after batch.max_rounds go out as live calls). While jobs are still running
-    after batch.max_wait_s, only the finished shards are returned and no live call is made."""
-    run_dir = Path(run_dir)
+    With the Batch API backend (``llm.backend: batch``), the first requests of every unfinished shard (and then
+    their retries) go through the provider's Batch API first, all in as few jobs as possible; the shard loop below
+    then finds them in the cache (requests the Batch API gave up on after batch.max_rounds go out as live calls).
+    While jobs are still running after batch.max_wait_s, only the finished shards are returned and no live call is
+    made."""
+    run = RunDir(run_dir)
     sfp = seeds_fingerprint(index)
     shards = [list(comps[i : i + cfg.shard_size]) for i in range(0, len(comps), cfg.shard_size)]
     fps = [_fingerprint(cfg, llm.cfg.model, seed, sfp, s) for s in shards]
-    done = shard_status(run_dir, len(shards), fps, [len(s) for s in shards])
+    done = shard_status(run, len(shards), fps, [len(s) for s in shards])
     write_json(
-        run_dir / GEN_DIR / "manifest.json",
-        {"n_shards": len(shards), "shard_size": cfg.shard_size, "fingerprints": fps},
+        run.generation_manifest, {"n_shards": len(shards), "shard_size": cfg.shard_size, "fingerprints": fps}
     )
     if any(done):
         log(f"resuming: {sum(done)} of {len(shards)} shard(s) already done")
     todo = [shards[i] for i in range(len(shards)) if not done[i]]
-    if cfg.backend == "batch" and todo and not _prefetch_batch(run_dir, todo, index, llm, cfg, seed, log):
+    if todo and not _prefetch(todo, index, llm, cfg, seed, log):
         log(
-            "batch jobs are still running (see batches/state.json): run this stage again later to collect them"
+            f"Batch API jobs are still running (see {llm.batch_dir}): run this stage again later to collect them"
         )
-        return [r for i in range(len(shards)) if done[i] for r in read_jsonl(shard_path(run_dir, i))]
+        return [r for i in range(len(shards)) if done[i] for r in read_jsonl(run.shard(i))]
     out: list[dict] = []
     for i, shard in enumerate(shards):
         if done[i]:
-            out.extend(read_jsonl(shard_path(run_dir, i)))
+            out.extend(read_jsonl(run.shard(i)))
             continue
         if getattr(llm, "budget_exhausted", False):
             log(f"budget exhausted: stopping before shard {i}")
             break
         planned = [plan_request(c, index, cfg, seed) for c in shard]  # prompts exist one shard at a time
         rows = generate_shard(planned, llm, cfg, i, fps[i])
-        write_jsonl(shard_path(run_dir, i), rows)
+        write_jsonl(run.shard(i), rows)
         out.extend(rows)
         n_ok = sum(r["status"] == "ok" for r in rows)
         log(f"shard {i + 1}/{len(shards)}: {n_ok}/{len(rows)} usable")
     return out
 
 
-def _prefetch_batch(
-    run_dir: Path,
-    shards: Sequence[Sequence[dict]],
-    index: FewShotIndex,
-    llm: LLM,
-    cfg: GenerateConfig,
-    seed: int,
-    log: Any,
+def _prefetch(
+    shards: Sequence[Sequence[dict]], index: FewShotIndex, llm: LLM, cfg: GenerateConfig, seed: int, log: Any
 ) -> bool:
-    """Batch API path: all first requests, then the retries their replies need; every reply lands in the LLM cache.
-    Prompts are built a shard at a time and submitted in jobs of up to max_requests_per_job, so at most one job's
-    prompts are held in memory. Returns False while jobs are unfinished (batch.max_wait_s passed)."""
-    from mathscale_utils.batch import BatchRunner
-
-    runner = BatchRunner(llm, run_dir / "batches", cfg.batch, stage=STAGE, log=log)
-    per_job = cfg.batch.max_requests_per_job
-
-    def submit_all(make: Any, desc: str) -> int:
-        """Submit what make(shard) returns, shard by shard, in jobs of up to max_requests_per_job requests."""
-        n, buf = 0, []
-        for s in shards:
-            buf += make(s)
-            if len(buf) >= per_job:
-                n += runner.submit(buf, desc)
-                buf = []
-        return n + (runner.submit(buf, desc) if buf else 0)
-
-    def first(s: Sequence[dict]) -> list[ChatRequest]:
-        return [plan_request(c, index, cfg, seed).request for c in s]
-
-    def retries(s: Sequence[dict]) -> list[ChatRequest]:
-        out = []
-        for req in first(s):
-            hit = llm.cache_get(req.key(llm.model_id))
-            parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
-            if parsed is not None and not parsed.ok:
-                out.append(retry_request(req, hit.text, parsed.reason or "", cfg))
-        return out
-
-    log(f"batch: {submit_all(first, 'first requests')} first request(s) submitted; waiting")
-    runner.wait()
-    if runner.unfinished():
+    """Batch API backend: all first requests, then the retries their replies need, each as one submission (the
+    client cuts them into jobs); every reply lands in the LLM cache. Returns False while jobs are unfinished (after
+    batch.max_wait_s). Nothing to do, and True, for the live backend."""
+    if llm.cfg.backend != "batch":
+        return True
+    first = [plan_request(c, index, cfg, seed).request for s in shards for c in s]
+    log(f"batch: {len(first)} first request(s); waiting for the Batch API")
+    if not llm.prefetch(first, "first requests"):
         return False
-    n_retry = submit_all(retries, "retries")
-    if n_retry:
-        log(f"batch: {n_retry} retry request(s) submitted; waiting")
-        runner.wait()
-    log(f"batch: {len(runner.jobs)} job(s); usage {runner.state['usage']}")
-    return not runner.unfinished()
+    retries = []
+    for req in first:
+        hit = llm.cache_get(req.key(llm.model_id))
+        parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
+        if parsed is not None and not parsed.ok:
+            retries.append(retry_request(req, hit.text, parsed.reason or "", cfg))
+    if retries:
+        log(f"batch: {len(retries)} retry request(s); waiting for the Batch API")
+    return llm.prefetch(retries, "retries")
 
 
 def load_raw(run_dir: str | Path) -> list[dict]:
     """The rows of the current run's shards written so far, in shard order (generation/manifest.json says which
     shard files belong to the current settings; files left by other settings are ignored)."""
-    gdir = Path(run_dir) / GEN_DIR
-    man = read_json(gdir / "manifest.json") if (gdir / "manifest.json").exists() else None
+    run = RunDir(run_dir)
+    man = read_json(run.generation_manifest) if run.generation_manifest.exists() else None
     if man is None:
-        files = sorted(gdir.glob("shard-*.jsonl"))
+        files = sorted(run.generation.glob("shard-*.jsonl"))
         return [r for f in files for r in read_jsonl(f)]
     out = []
     for i, fp in enumerate(man["fingerprints"]):
-        f = shard_path(run_dir, i)
+        f = run.shard(i)
         if f.exists():
             out += [r for r in read_jsonl(f) if r.get("shard_fp") == fp]
     return out
@@ -526,7 +484,7 @@ def estimate_cost(cfg: GenerateConfig, llm_cfg: LLMConfig, n: int, prompt_chars:
     check_calls = n if cfg.answer_check else 0
     prompt_tokens += check_calls * (len(CHECK_PROMPT) + 400) / cfg.chars_per_token
     completion_tokens += check_calls * cfg.est_completion_tokens
-    factor = cfg.batch.price_factor if cfg.backend == "batch" else 1.0
+    factor = llm_cfg.batch.price_factor if llm_cfg.backend == "batch" else 1.0
     cost = (
         (prompt_tokens * llm_cfg.price_prompt_per_1m + completion_tokens * llm_cfg.price_completion_per_1m)
         / 1e6
@@ -553,60 +511,6 @@ def estimate_cost(cfg: GenerateConfig, llm_cfg: LLMConfig, n: int, prompt_chars:
     return est
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The whole stage (the CLI and tests; the notebook walks through the same calls)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def run(P: Params, progress: bool = True, log: Any = print) -> dict:
-    """Stage 03 end to end for a params object; returns the summary written to generate_summary.json."""
-    cfg, run_dir = P.generate, P.run_dir
-    t0 = time.perf_counter()
-    seeds, comps = load_inputs(run_dir)
-    comps = select_compositions(comps, cfg)
-    index = FewShotIndex(seeds)
-    est = estimate_cost(cfg, P.llm, len(comps), mean_prompt_chars(comps, index, cfg, P.seed))
-    log(
-        f"estimate: {est['calls']} calls, {est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} completion tokens, ${est['cost_usd']}"
-    )
-    with P.llm_client(STAGE, progress=progress) as llm:  # the run's cache (or a sweep's shared one)
-        raw = generate(run_dir, comps, index, llm, cfg, seed=P.seed, log=log)
-        checks = check_answers(raw, llm, cfg, P.seed, run_dir) if cfg.answer_check else None
-        usage = llm.usage()
-    items, notes = (
-        load_test_questions(P.data_dir, cfg.decontam_official_file, cfg.decontam_datasets)
-        if cfg.decontaminate
-        else ([], [])
-    )
-    asm = filter_and_assemble(
-        raw, seeds, cfg, P.llm.model, items, notes, checks, log=log, n_compositions=len(comps)
-    )
-    extra = {"seconds": round(time.perf_counter() - t0, 2), **batch_summary(run_dir)}
-    summary = export(run_dir, asm, cfg, P.llm, seeds, P.seed, est, usage, extra)
-    for step, kept, removed in asm.funnel:
-        log(f"{step:<45} kept {kept:>8}  removed {removed:>8}")
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from mathscale_utils.params import load_params
-
-    ap = argparse.ArgumentParser(
-        description="MathScale stage 03: generate questions from concept compositions"
-    )
-    ap.add_argument("params", help="params file, e.g. params/quickstart.yaml")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    run(load_params(a.params), progress=not a.no_progress, log=lambda s: print(s, flush=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 __all__ = [
     "FewShotIndex",
     "Planned",
@@ -617,11 +521,10 @@ __all__ = [
     "build_prompt",
     "plan_request",
     "retry_request",
-    "generate",
+    "generate_shards",
     "generate_shard",
     "shard_status",
     "load_raw",
     "estimate_cost",
     "mean_prompt_chars",
-    "run",
 ]

@@ -1,5 +1,5 @@
 """The concept graph (MathScale §3.2, METHOD.md §3): topics and knowledge points linked by co-occurrence in a
-seed question; construction, save/load and the statistics notebook 02 shows. The walk over it is in ``compose.py``.
+seed question; construction, save/load, and the statistics and figures notebook 02 shows. The walk over it is in ``compose.py``.
 
 The idea in two sentences: topics and knowledge points (KPs) that were extracted from the same seed question are
 linked, with an edge weight that grows with the number of such questions; a random walk over that graph then
@@ -32,50 +32,17 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from mathscale_utils.artifacts import RunDir
 from mathscale_utils.io import DataError, write_json, write_text
+from mathscale_utils.params import GraphConfig
 
 TOPIC = "topic"
 KP = "kp"
 EDGE_KINDS = ("topic-topic", "topic-kp", "kp-kp")
 SUBGRAPHS = {"topic": "topic-topic", "hybrid": "topic-kp", "kp": "kp-kp"}
-
-GRAPH_FILE = "concept_graph.graphml"
-SUMMARY_FILE = "graph_summary.json"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration (params file section `graph:`)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class GraphConfig(BaseModel):
-    """How the concept graph is built. Defaults follow the paper (Eq. 1) and METHOD.md §3."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epsilon: float = Field(default=1e-5, gt=0, description="weight = log(count + epsilon) (paper: 1e-5)")
-    min_freq: int = Field(
-        default=1,
-        ge=1,
-        description="drop concepts seen in fewer seed questions; stage 01 already drops singletons, so 1 = no extra filter",
-    )
-    n_examples: int = Field(default=3, ge=0, description="seed ids kept per node and per edge (for tooltips)")
-    louvain_resolution: float = Field(default=1.0, gt=0, description="resolution of the Louvain communities")
-    drop_topics: float = Field(
-        default=0.0,
-        ge=0,
-        lt=1,
-        description="ablation (paper Table 6): remove this fraction of distinct topics",
-    )
-    drop_kps: float = Field(
-        default=0.0, ge=0, lt=1, description="ablation (paper Table 6): remove this fraction of distinct KPs"
-    )
-    drop_seed: int = Field(
-        default=0, description="seed of the random choice of concepts the ablation removes"
-    )
-
+TOPIC_COLOR = "#f28e2b"  # in every figure and view
+KP_COLOR = "#4e79a7"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Node ids
@@ -242,8 +209,8 @@ def subgraph(G: nx.Graph, which: str) -> nx.Graph:
 
 def save_graph(G: nx.Graph, run_dir: str | Path) -> dict[str, Path]:
     """Write ``concept_graph.graphml`` (list attributes as JSON strings) and ``graph_summary.json``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
     H = nx.Graph(**{k: v for k, v in G.graph.items() if isinstance(v, (str, int, float, bool))})
     for n, d in G.nodes(data=True):
         H.add_node(
@@ -256,8 +223,8 @@ def save_graph(G: nx.Graph, run_dir: str | Path) -> dict[str, Path]:
             **{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v) for k, v in d.items()},
         )
     xml = "<?xml version='1.0' encoding='utf-8'?>\n" + "\n".join(nx.generate_graphml(H)) + "\n"
-    graph_path = write_text(run_dir / GRAPH_FILE, xml)
-    summary_path = write_json(run_dir / SUMMARY_FILE, graph_summary(G))
+    graph_path = write_text(run.graph, xml)
+    summary_path = write_json(run.graph_summary, graph_summary(G))
     return {"graph": graph_path, "summary": summary_path}
 
 
@@ -265,7 +232,7 @@ def load_graph(path: str | Path) -> nx.Graph:
     """Read a graph written by :func:`save_graph` (a run directory or the .graphml file) and restore lists."""
     path = Path(path)
     if path.is_dir():
-        path = path / GRAPH_FILE
+        path = RunDir(path).graph
     if not path.exists():
         raise DataError(f"{path}: file not found")
     G = nx.read_graphml(path)
@@ -482,8 +449,96 @@ def question_index(rows: Iterable[dict]) -> dict[str, str]:
     return {str(r.get("seed_id")): str(r.get("question") or "") for r in rows}
 
 
+def composition_path(G: nx.Graph, comp: dict) -> list[tuple[str, str]]:
+    """The edges a composition's walk used, as node-id pairs (topic chain, hybrid step, KP chain); for views.
+
+    The hybrid edge joins the first KP to the last topic if they are linked, else to a linked collected topic."""
+    ts = [topic_id(t) for t in comp["topics"]]
+    start = topic_id(comp["start_topic"]) if comp.get("start_topic") else None
+    if start and (not ts or ts[0] != start):
+        ts = [start, *ts]
+    ks = [kp_id(k) for k in comp["knowledge_points"]]
+    edges = [(a, b) for a, b in itertools.pairwise(ts) if G.has_edge(a, b)]
+    if ks:
+        link = next((t for t in reversed(ts) if G.has_edge(t, ks[0])), None)
+        if link:
+            edges.append((link, ks[0]))
+    edges += [(a, b) for a, b in itertools.pairwise(ks) if G.has_edge(a, b)]
+    return edges
+
+
+def degree_distribution_figure(G: nx.Graph):
+    """Log-log degree distributions: topics in the topic graph, KPs in the KP graph, and both sides of the
+    topic-KP graph. Nodes of degree 0 cannot be drawn on a log axis; the legend says how many there are."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = [
+        ("topic-topic (topics)", "topic-topic", TOPIC, TOPIC_COLOR, "o"),
+        ("topic-KP (topics)", "topic-kp", TOPIC, "#ffbe7d", "s"),
+        ("topic-KP (KPs)", "topic-kp", KP, "#a0cbe8", "s"),
+        ("KP-KP (KPs)", "kp-kp", KP, KP_COLOR, "o"),
+    ]
+    drawn = False
+    for name, kind, ntype, color, marker in series:
+        deg = dict.fromkeys(nodes_of_type(G, ntype), 0)
+        for a, b, k in G.edges(data="kind"):
+            if k == kind:
+                for n in (a, b):
+                    if n in deg:
+                        deg[n] += 1
+        if not deg:
+            continue
+        values = np.fromiter(deg.values(), dtype=int)
+        zeros = int((values == 0).sum())
+        ks, cs = np.unique(values[values > 0], return_counts=True)
+        if ks.size:
+            ax.scatter(
+                ks, cs, s=18, color=color, marker=marker, alpha=0.8, label=f"{name}; {zeros} with degree 0"
+            )
+            drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no edges", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("degree (number of neighbours in the sub-graph)")
+    ax.set_ylabel("number of nodes")
+    ax.set_title("Degree distributions of the concept graph")
+    fig.tight_layout()
+    return fig
+
+
+def topic_kp_heatmap(matrix, max_label: int = 40):
+    """Heat map of a topic x KP co-occurrence count DataFrame (see ``graph.topic_kp_matrix``); log colour scale."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    n_r, n_c = matrix.shape
+    fig, ax = plt.subplots(figsize=(min(3 + 0.35 * max(n_c, 1), 16), min(2 + 0.35 * max(n_r, 1), 12)))
+    if n_r == 0 or n_c == 0 or int(matrix.to_numpy().max()) == 0:
+        ax.text(0.5, 0.5, "no topic-KP co-occurrences", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    data = matrix.to_numpy().astype(float)
+    masked = np.ma.masked_where(data == 0, data)
+    im = ax.imshow(masked, aspect="auto", cmap="viridis", norm=LogNorm(vmin=1, vmax=max(data.max(), 2)))
+
+    def cut(s: str) -> str:
+        return s if len(s) <= max_label else s[: max_label - 1] + "…"
+
+    ax.set_xticks(range(n_c), [cut(str(c)) for c in matrix.columns], rotation=70, ha="right", fontsize=8)
+    ax.set_yticks(range(n_r), [cut(str(r)) for r in matrix.index], fontsize=8)
+    ax.set_facecolor("#f4f4f4")
+    fig.colorbar(im, ax=ax, label="seed questions with both (log scale)")
+    ax.set_title("Topic x knowledge-point co-occurrence (most frequent topics)")
+    fig.tight_layout()
+    return fig
+
+
 __all__ = [
-    "GraphConfig",
+    "composition_path",
     "build_graph",
     "save_graph",
     "load_graph",

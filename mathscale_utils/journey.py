@@ -18,6 +18,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from mathscale_utils.artifacts import RunDir
 from mathscale_utils.finetune import alpaca_prompt
 from mathscale_utils.graph import kp_id, topic_id
 from mathscale_utils.io import DataError, iter_jsonl, read_json, read_jsonl, write_text
@@ -41,12 +42,12 @@ def _first(paths: Iterable[Path], pred: Callable[[dict], bool]) -> dict | None:
     return None
 
 
-def _pick_pair(run_dir: Path) -> tuple[dict, dict]:
+def _pick_pair(run: RunDir) -> tuple[dict, dict]:
     """The first generated pair kept in mathscaleqa.jsonl and its generation record (the prompt's shot ids)."""
-    pair = _first([run_dir / "mathscaleqa.jsonl"], lambda r: r.get("source") == "generated")
+    pair = _first([run.mathscaleqa], lambda r: r.get("source") == "generated")
     if pair is None:
-        raise DataError(f"{run_dir / 'mathscaleqa.jsonl'}: no generated pair to follow (run stage 03 first)")
-    shards = sorted((run_dir / "generation").glob("shard-*.jsonl"))
+        raise DataError(f"{run.mathscaleqa}: no generated pair to follow (run stage 03 first)")
+    shards = sorted(run.generation.glob("shard-*.jsonl"))
     record = _first(shards, lambda r: r.get("composition_id") == pair["composition_id"])
     return pair, record or {}
 
@@ -84,21 +85,21 @@ def _walk_steps(G: nx.Graph, comp: dict) -> list[str]:
 
 def journey_markdown(run_dir: str | Path) -> str:
     """The whole page for one run directory."""
-    run_dir = Path(run_dir)
-    pair, record = _pick_pair(run_dir)
-    seeds = {str(r["seed_id"]): r for r in read_jsonl(run_dir / "concepts.jsonl")}
+    run = RunDir(run_dir)
+    pair, record = _pick_pair(run)
+    seeds = {str(r["seed_id"]): r for r in read_jsonl(run.concepts)}
     seed = seeds.get(str((record.get("shot_ids") or [None])[0])) or next(iter(seeds.values()))
-    G = nx.read_graphml(run_dir / "concept_graph.graphml")
-    comp = _first([run_dir / "compositions.jsonl"], lambda c: c.get("id") == pair["composition_id"]) or pair
-    manifest = _json(run_dir / "manifest.json")
+    G = nx.read_graphml(run.graph)
+    comp = _first([run.compositions], lambda c: c.get("id") == pair["composition_id"]) or pair
+    manifest = _json(run.manifest)
     teacher = pair.get("teacher_model") or manifest.get("params", {}).get("llm", {}).get("model")
     start = topic_id(comp["topics"][0])
 
     out = [
         "# One question's journey through MathScale",
         "",
-        f"Every block below is copied from the files of one real run, `{run_dir.name}` (teacher `{teacher}`), "
-        f"by `python -m mathscale_utils.journey {run_dir} <page>`. It follows one generated question back to "
+        f"Every block below is copied from the files of one real run, `{run.root.name}` (teacher `{teacher}`), "
+        f"by `python -m mathscale_utils.journey {run.root} <page>`. It follows one generated question back to "
         "the seed question the teacher was shown as its first example, then forward to the student.",
         "",
         "## 1. A seed question (notebook 01)",
@@ -153,14 +154,14 @@ def journey_markdown(run_dir: str | Path) -> str:
         "```",
         "",
     ]
-    out += _student_section(run_dir)
+    out += _student_section(run)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _student_section(run_dir: Path) -> list[str]:
+def _student_section(run: RunDir) -> list[str]:
     out = []
-    before_after = _rows(run_dir / "finetune" / "before_after.jsonl")
-    c = _json(run_dir / "adapter" / "training_card.json")
+    before_after = _rows(run.before_after)
+    c = _json(run.training_card)
     if c:
         out += [f"The LoRA adapter trained {c.get('steps')} steps on {c.get('n_examples')} examples of "
                 f"`{c.get('base_model')}`."]  # fmt: skip
@@ -180,12 +181,12 @@ def _student_section(run_dir: Path) -> list[str]:
             "",
             _quote(r.get("tuned"), 600),
         ]
-    preds = _rows(run_dir / "predictions.jsonl")
+    preds = _rows(run.predictions)
     out += ["", "## 7. An evaluated answer (notebook 05, `predictions.jsonl`)", ""]
     if not preds:
         return out + ["(stage 05 has not run for this run directory)"]
     p = next((r for r in preds if r.get("paper_correct")), preds[0])
-    metrics = _json(run_dir / "metrics.json")
+    metrics = _json(run.metrics)
     out += [
         f"The fine-tuned student (`{p.get('model')}`) on MWPBench item `{p['id']}` ({p['dataset']}):",
         "",

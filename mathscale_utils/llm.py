@@ -1,13 +1,14 @@
-"""One chat client for every stage (OpenAI-compatible endpoints and the embedded local llama.cpp server).
+"""One chat client for every stage: OpenAI-compatible endpoints, the embedded llama.cpp server, the Batch API.
 
-    cfg = LLMConfig(...)                                    # pydantic, the `llm:` section of a params file
+    with LLM.for_stage(P, "01_extract") as llm:            # this run's `llm:` section, cache and usage files
     with LLM(cfg, cache_dir=run_dir / "cache", stage="01_extract", usage_dir=run_dir / "usage") as llm:
         results = llm.chat_many([ChatRequest(messages=[...], temperature=0.0, max_tokens=256,
                                              response_format={"type": "json_object"}), ...], desc="extract")
         # results[i] is a ChatResult for requests[i]: .text, .error, .cached, .prompt_tokens, ...
 
 Each answer is appended to cache_dir/llm_cache.jsonl when it arrives: a re-run or a resumed run repeats no call.
-The API key is read from os.environ[cfg.api_key_env] when requests are sent; it is never logged or written.
+With ``backend: batch`` the requests that are not cached go to the provider's Batch API first (``batch.py``); its
+replies land in the same cache, so the rest of the stage reads them as cache hits. The API key is read from os.environ[cfg.api_key_env] when requests are sent; it is never logged or written.
 """
 
 from __future__ import annotations
@@ -18,24 +19,25 @@ import hashlib
 import json
 import os
 import random
-import re
 import threading
 import warnings
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import openai
 import tenacity as tn
-from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from mathscale_utils.batch import BatchRunner
+from mathscale_utils.chat import LOCAL_API_KEY, ChatRequest, ChatResult, reply_text, request_body
 from mathscale_utils.io import DataError, append_jsonl, read_json, read_jsonl, write_json
+from mathscale_utils.models import LocalServer, ensure_model
+from mathscale_utils.params import LLMConfig, Params
 
 CACHE_FILE = "llm_cache.jsonl"
-LOCAL_API_KEY = "sk-local"  # the embedded and loopback servers check no key, but the openai client needs one
 _SDK_TELEMETRY = ("lang", "package-version", "os", "arch", "runtime", "runtime-version", "async")
 _COUNTERS = (
     "requests",
@@ -48,100 +50,12 @@ _COUNTERS = (
 )
 
 
-class LLMConfig(BaseModel):
-    """Which model answers and how hard we push it. base_url None means the embedded local server."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "qwen2.5-coder-1.5b-instruct"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    max_retries: int = 6  # attempts in total per request, the first one included
-    timeout_s: float = 600.0
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    price_prompt_per_1m: float = 0.0
-    price_completion_per_1m: float = 0.0
-    budget_usd: float | None = None
-    retry_initial_s: float = 0.5  # first backoff; doubles per attempt, plus up to this much jitter
-    retry_max_wait_s: float = 30.0  # cap on one backoff and on an honoured Retry-After
-    response_format_style: Literal["auto", "llama_cpp", "openai"] = "auto"  # auto: llama_cpp when embedded
-    lora_path: str | None = None  # a GGUF LoRA adapter for the embedded server
-    cache_fsync: bool = False  # fsync every cache append: survives power loss, not only a killed process
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """One chat completion. response_format in llama.cpp form: {"type": "json_object"[, "schema": {...}]}."""
-
-    messages: list[dict]
-    temperature: float = 0.0
-    max_tokens: int = 512
-    seed: int | None = None
-    stop: list[str] | None = None
-    response_format: dict | None = None
-
-    def key(self, model: str) -> str:
-        """Cache key: sha256 of the canonical JSON of everything that determines the answer."""
-        parts = [
-            model,
-            self.messages,
-            self.temperature,
-            self.max_tokens,
-            self.seed,
-            self.stop,
-            self.response_format,
-        ]
-        blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass(slots=True)
-class ChatResult:
-    """The outcome of one ChatRequest: text on success, error (a readable message) on failure."""
-
-    key: str
-    text: str | None = None
-    error: str | None = None
-    cached: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    attempts: int = 0  # HTTP attempts made for it by this call (0 when cached)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
 class BudgetExceeded(UserWarning):
     """Warned once when cfg.budget_usd stops new requests; those get error "budget exceeded"."""
 
 
 class _BadResponse(Exception):
     """A 200 whose body is not a usable chat completion (retried: usually a proxy or transport glitch)."""
-
-
-_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)
-_DECODER = json.JSONDecoder(strict=False)
-
-
-def parse_json_reply(text: str | None) -> dict | None:
-    """The first JSON object in a model reply (inside code fences if any), or None. Raw newlines are allowed."""
-    if not text:
-        return None
-    for chunk in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
-        i = chunk.find("{")
-        while i != -1:
-            try:
-                obj, _ = _DECODER.raw_decode(chunk, i)
-                if isinstance(obj, dict):
-                    return obj
-            except json.JSONDecodeError:
-                pass
-            i = chunk.find("{", i + 1)
-    return None
 
 
 class ServerDied(RuntimeError):
@@ -196,9 +110,13 @@ class LLM:
         stage: str,
         usage_dir: Path | None = None,
         progress: bool = True,
+        batch_dir: Path | None = None,
     ):
-        """cache_dir may be shared by stages; usage_dir/<stage>.json gets the counts; progress shows a tqdm bar."""
+        """cache_dir may be shared by stages; usage_dir/<stage>.json gets the counts; progress shows a tqdm bar;
+        batch_dir keeps the Batch API jobs of backend "batch" (default: <cache_dir>/../batches/<stage>)."""
         self.cfg, self.stage, self.progress = cfg, stage, progress
+        self.batch_dir = Path(batch_dir) if batch_dir else Path(cache_dir).parent / "batches" / stage
+        self._batch: Any = None  # the BatchRunner, made on first need
         self.model_id = model_id(cfg)
         self.cache_path = Path(cache_dir) / CACHE_FILE
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +135,13 @@ class LLM:
         self._thread: threading.Thread | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._sem: asyncio.Semaphore | None = None
+
+    @classmethod
+    def for_stage(cls, P: Params, stage: str, cfg: LLMConfig | None = None, progress: bool = True) -> LLM:
+        """The client a stage of run P uses: P's `llm:` section (or cfg, e.g. the student in stage 05), the run's
+        (or the sweep's shared) cache, usage in run_dir/usage/<stage>.json, Batch API jobs in run_dir/batches/."""
+        run = P.run
+        return cls(cfg or P.llm, P.llm_cache_dir, stage, run.usage, progress, run.batches / stage)
 
     def __enter__(self) -> LLM:
         return self
@@ -247,8 +172,21 @@ class LLM:
         """Results in input order. Works the same inside a running event loop (a notebook cell).
 
         The usage file is rewritten after each call that sent requests; cache-only calls are counted in
-        memory and written with the next one or on close, so that a cache hit stays cheap."""
+        memory and written with the next one or on close, so that a cache hit stays cheap. With backend "batch"
+        the uncached requests go through the Batch API first (see prefetch); those still running after
+        batch.max_wait_s come back with an error, and those the Batch API gave up on are sent live."""
+        requests = list(requests)
+        if self.cfg.backend == "batch":
+            self.prefetch(requests, desc)
         results, groups, todo = self._split(requests)
+        if todo and self._batch is not None:
+            pending = self._batch.pending()
+            for key, _ in [t for t in todo if t[0] in pending]:
+                for i in groups.pop(key):
+                    results[i] = ChatResult(
+                        key, error="Batch API job still running: run the stage again later"
+                    )
+            todo = [t for t in todo if t[0] not in pending]
         if todo:
             future = self._submit(self._run(results, groups, todo, desc))
             try:
@@ -265,6 +203,17 @@ class LLM:
             await asyncio.wrap_future(self._submit(self._run(results, groups, todo, desc)))
             await asyncio.to_thread(self._write_usage)
         return results
+
+    def prefetch(self, requests: Iterable[ChatRequest], desc: str = "") -> bool:
+        """Backend "batch": submit the uncached requests to the provider's Batch API and wait for them (at most
+        batch.max_wait_s); replies land in the cache. True when none is still running. Backend "chat": True."""
+        if self.cfg.backend != "batch":
+            return True
+        if self._batch is None:
+            self._batch = BatchRunner(self, self.batch_dir, self.cfg.batch, stage=self.stage)
+        self._batch.submit(list(requests), desc)
+        self._batch.wait()
+        return not self._batch.unfinished()
 
     def cache_get(self, key: str) -> ChatResult | None:
         """The cached answer for a request key (ChatRequest.key(llm.model_id)), or None."""
@@ -324,8 +273,6 @@ class LLM:
         cfg = self.cfg
         if cfg.base_url is None:
             if self._server is None:
-                from mathscale_utils.models import LocalServer, ensure_model
-
                 log = self.cache_path.parent / f"llama_server.{self.stage}.log"
                 path = ensure_model(cfg.model)
                 self._server = LocalServer(
@@ -386,7 +333,7 @@ class LLM:
         self._n["requests"] += 1
         try:
             try:  # the first attempt skips tenacity, whose async machinery costs ~50 us of CPU per request
-                data = await self._send(body)
+                data = await self._send(req.path, body)
             except Exception as e:
                 if not _retryable(e) or self.cfg.max_retries < 2:
                     raise
@@ -400,7 +347,7 @@ class LLM:
                 async for attempt in retry:
                     with attempt:
                         attempts += 1
-                        data = await self._send(body)
+                        data = await self._send(req.path, body)
         except ServerDied:
             raise
         except Exception as e:  # every failure is reported per request; the batch goes on
@@ -410,7 +357,7 @@ class LLM:
             self._inflight_usd -= est
             self._n["retries"] += attempts - 1
         choice = data["choices"][0]
-        text, finish = choice["message"].get("content"), choice.get("finish_reason")
+        text, finish = reply_text(choice), choice.get("finish_reason")
         if text is None:
             self._n["failures"] += 1
             return ChatResult(key, error=f"reply has no content (finish_reason={finish})", attempts=attempts)
@@ -424,7 +371,7 @@ class LLM:
         self._unsaved.append(entry)
         return ChatResult(key, text, None, False, pt, ct, finish, attempts)
 
-    async def _send(self, body: dict) -> dict:
+    async def _send(self, path: str, body: dict) -> dict:
         """One HTTP attempt -> the parsed completion. Raises on HTTP errors and on unusable bodies."""
         assert self._client is not None and self._sem is not None
         async with self._sem:
@@ -432,14 +379,17 @@ class LLM:
             # client.post skips the SDK's per-request params transform and response models, which cost more
             # client CPU than the HTTP exchange itself (see bench/bench_client.py)
             try:
-                raw = await self._client.post("/chat/completions", body=body, cast_to=bytes)
+                raw = await self._client.post(path, body=body, cast_to=bytes)
             except openai.APIConnectionError:
                 self._check_server()
                 raise
         try:
             data = json.loads(raw)
-            if not isinstance(data["choices"][0]["message"], dict):
-                raise TypeError("message is not an object")
+            choice = data["choices"][0]
+            if not isinstance(choice.get("message", {}), dict) or (
+                "message" not in choice and "text" not in choice
+            ):
+                raise TypeError("the choice has neither a message object nor a text")
             return data
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _BadResponse(f"malformed response body ({type(e).__name__}: {e})") from None
@@ -474,20 +424,10 @@ class LLM:
         return min(cap, first * 2 ** (attempt - 1)) + random.uniform(0, first)
 
     def _body(self, req: ChatRequest) -> dict:
-        body: dict[str, Any] = {"model": self.cfg.model, "messages": req.messages}
-        body.update(temperature=req.temperature, max_tokens=req.max_tokens)
-        if req.seed is not None:
-            body["seed"] = req.seed
-        if req.stop:
-            body["stop"] = req.stop
-        if rf := req.response_format:
-            style = self.cfg.response_format_style
-            if style == "auto":
-                style = "llama_cpp" if self.cfg.base_url is None else "openai"
-            if style == "openai" and rf.get("type") == "json_object" and "schema" in rf:
-                rf = {"type": "json_schema", "json_schema": {"name": "reply", "schema": rf["schema"]}}
-            body["response_format"] = rf
-        return body
+        style = self.cfg.response_format_style
+        if style == "auto":
+            style = "llama_cpp" if self.cfg.base_url is None else "openai"
+        return request_body(req, self.cfg.model, style)
 
     def _describe(self, e: BaseException, attempts: int) -> str:
         """A readable error for ChatResult.error, with the API key masked should the server echo it."""

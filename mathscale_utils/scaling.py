@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
+from mathscale_utils.artifacts import RunDir
 from mathscale_utils.io import DataError, read_json, read_jsonl
 from mathscale_utils.judges import JUDGES
 from mathscale_utils.paper_tables import TABLE6, TABLE7, paper_row
+from mathscale_utils.params import PAPER_PAIRS
 
-PAPER_PAIRS = 2_000_000  # MathScaleQA's generated pairs (paper §4.1)
 # Table 6's settings, as the sweep tags them (see params/scaling_cpu.yaml), and their rows in paper_tables.TABLE6.
 TABLE6_SETTINGS = {
     "full": "MathScale (all 20K seeds, all concepts)",
@@ -53,6 +53,11 @@ PAPER_POINTS = [
 ]
 
 
+# the columns of a run that notebook 06 and scaling_summary.json show
+RUN_COLUMNS = ["run", "status", "setting", "seeds", "topics", "knowledge_points", "generated_pairs", "train_rows",
+               "train_steps", "eval_items", "paper_micro", "paper_macro", "strict_micro", "strict_macro"]  # fmt: skip
+
+
 def _read(path: Path) -> dict:
     try:
         return read_json(path) if path.exists() else {}
@@ -71,15 +76,16 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
     """One row per run directory: any folder under outputs_dir whose manifest.json the chain wrote (other manifests,
     such as the generation shards' own, are not runs). Its `curve` is its sweep, or the run itself when alone."""
     rows = []
-    for manifest_path in sorted(Path(outputs_dir).rglob("manifest.json")):
-        run_dir = manifest_path.parent
+    for manifest_path in sorted(Path(outputs_dir).rglob(RunDir("").manifest.name)):
+        run = RunDir(manifest_path.parent)
+        run_dir = run.root
         m = _read(manifest_path)
         if not {"run_name", "stages"} <= m.keys():
             continue
-        extract = _read(run_dir / "extract_summary.json")
-        gen = _read(run_dir / "generate_summary.json")
-        card = _read(run_dir / "adapter" / "training_card.json")
-        metrics = _read(run_dir / "metrics.json")
+        extract = _read(run.extract_summary)
+        gen = _read(run.generate_summary)
+        card = _read(run.training_card)
+        metrics = _read(run.metrics)
         tags = m.get("params", {}).get("tags", {}) or {}
         row = {
             "run": m.get("run_name", run_dir.name),
@@ -92,7 +98,7 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
             "topics": extract.get("topics_after_filter"),
             "knowledge_points": extract.get("knowledge_points_after_filter"),
             "generated_pairs": gen.get("counts", {}).get("generated_kept"),
-            "train_rows": card.get("n_examples", _count_lines(run_dir / "mathscaleqa.jsonl")),
+            "train_rows": card.get("n_examples", _count_lines(run.mathscaleqa)),
             "train_steps": card.get("steps"),
             "eval_model": metrics.get("model"),
             "eval_items": metrics.get("n_items"),
@@ -321,13 +327,27 @@ def cost_table(runs: pd.DataFrame, stage: str = "03", target_pairs: int = PAPER_
     return t
 
 
-class ScalingConfig(BaseModel):
-    """The `scaling:` section: what notebook 06 reads and how much it spends on the coverage check."""
+def plot_curves(evaluated: pd.DataFrame):
+    """Both judges side by side: accuracy against generated pairs for the evaluated runs (see plot_scaling)."""
+    import matplotlib.pyplot as plt
 
-    model_config = ConfigDict(extra="forbid")
+    n_curves = evaluated["curve"].nunique() if not evaluated.empty else 0
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    for ax, judge in zip(axes, JUDGES, strict=True):
+        plot_scaling(evaluated, judge, ax=ax)
+        ax.set_title(f"{judge} judge: {len(evaluated)} evaluated run(s) on {n_curves} curve(s)")
+    fig.tight_layout()
+    return fig
 
-    runs_dir: str | None = None  # where to look for runs; default: the params file's outputs_dir
-    coverage_sample: int = Field(
-        20, ge=0, description="evaluated test questions whose concepts are extracted"
-    )
-    target_pairs: int = PAPER_PAIRS
+
+def plot_growth(growth: pd.DataFrame):
+    """Unique concepts against seed questions (solid: all; dashed: those that survive the frequency filter)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if not growth.empty:
+        growth.plot(x="seeds", y=["topics", "knowledge_points"], marker="o", ax=ax)
+        growth.plot(x="seeds", y=[c for c in growth.columns if "seen" in c], style="--", ax=ax)
+    ax.set_ylabel("unique concepts")
+    fig.tight_layout()
+    return fig

@@ -1,19 +1,17 @@
-"""Interactive views and static figures of the concept graph.
+"""Interactive views of the concept graph (its static figures are in graph.py).
 
 What is drawn
     * the topic graph (the most frequent topics and their topic-topic edges, coloured by Louvain community);
     * the ego network of one topic (its KPs and neighbouring topics);
     * one sampled walk, highlighted on its neighbourhood;
-    * the whole graph: an ipysigma (WebGL) widget inside the notebook, and a standalone pyvis HTML file with
-      precomputed positions and physics off;
-    * matplotlib figures: degree distributions (log-log) and the topic x KP co-occurrence heat map.
+    * the whole graph: a standalone pyvis HTML file with precomputed positions and physics off, which opens in
+      seconds even at paper scale (the strongest edges only);
 
 Offline by design
     pyvis views are written with ``cdn_resources="in_line"`` (vis-network inlined) and then cleaned: the
     template's remote stylesheet/script tags (bootstrap) are removed, so a view draws with no network at all;
-    :func:`remote_urls` lists what is left to load (it must be empty). ipysigma's own ``Sigma.write_html`` goes through
-    ``ipywidgets.embed`` and loads require.js, the widget manager and the ipysigma bundle from CDNs, so it does *not*
-    work offline; the standalone whole-graph file is therefore a pyvis export (see :func:`whole_graph_view`).
+    :func:`remote_urls` lists what is left to load (it must be empty). pyvis is the one interactive backend: a WebGL
+    widget (ipysigma) loads its bundle from CDNs when exported, so it would not open offline.
 
 Conventions
     Node size grows with frequency (number of seed questions), colour says the type (topic orange, KP blue),
@@ -38,14 +36,22 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from mathscale_utils.compose import composition_path
-from mathscale_utils.graph import KP, TOPIC, kp_id, nodes_of_type, subgraph, topic_id
+from mathscale_utils.artifacts import RunDir
+from mathscale_utils.graph import (
+    KP,
+    KP_COLOR,
+    TOPIC,
+    TOPIC_COLOR,
+    composition_path,
+    kp_id,
+    nodes_of_type,
+    subgraph,
+    topic_id,
+)
 from mathscale_utils.io import write_text
+from mathscale_utils.params import ViewsConfig
 
-TOPIC_COLOR = "#f28e2b"
-KP_COLOR = "#4e79a7"
 WALK_COLOR = "#e15759"
 CENTER_COLOR = "#b07aa1"
 PALETTE = [
@@ -53,40 +59,6 @@ PALETTE = [
     "#bab0ac", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
 ]  # fmt: skip
-
-VIEWS_DIR = "views"
-
-
-class ViewsConfig(BaseModel):
-    """Params section ``views:``: what the notebook draws and how big the views may get."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(default=True, description="write the HTML views into run_dir/views/")
-    top_topics: int = Field(default=100, ge=1, description="topics in the topic-graph view")
-    ego_topic: str | None = Field(default=None, description="topic of the ego view; None = the most frequent")
-    ego_max_kps: int = Field(default=30, ge=0, description="strongest KP neighbours shown in the ego view")
-    ego_max_topics: int = Field(
-        default=15, ge=0, description="strongest topic neighbours shown in the ego view"
-    )
-    walk_context: int = Field(default=4, ge=0, description="strongest extra neighbours shown per walk node")
-    physics_max_nodes: int = Field(
-        default=300, ge=0, description="above this many nodes: precomputed positions, physics off"
-    )
-    whole_graph: bool = Field(default=True, description="write the whole-graph HTML (pyvis, fixed positions)")
-    whole_graph_max_edges: int = Field(
-        default=20_000,
-        ge=0,
-        description="strongest edges kept in the whole-graph HTML (every node keeps one)",
-    )
-    sigma_max_nodes: int = Field(
-        default=20_000, ge=0, description="largest graph shown in the ipysigma widget"
-    )
-    tooltip_questions: int = Field(default=3, ge=0, description="example seed questions per tooltip")
-    tooltip_chars: int = Field(default=300, ge=20, description="each tooltip question is cut to this length")
-    height: str = Field(default="720px", description="height of every view")
-    seed: int | None = Field(default=None, description="layout / community seed; None = the params seed")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tooltips, sizes
@@ -158,106 +130,46 @@ def _resolve_topic(G: nx.Graph, topic: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _fruchterman_reingold(
-    n: int,
-    edges: np.ndarray,
-    pos: np.ndarray,
-    iterations: int = 50,
-    gravity: float = 1.0,
-    block: int = 2048,
-) -> np.ndarray:
-    """Dense Fruchterman-Reingold in numpy (repulsion between all pairs in row blocks, attraction along edges).
-
-    Same model as ``networkx.spring_layout`` but vectorised over all nodes (float32, 2-D arrays), so 2K nodes
-    take a few seconds instead of 15 s; a weak pull to the centre (``gravity``) keeps small components from
-    drifting far away. ``edges`` is an (m, 2) int array, ``pos`` (n, 2) in the unit square."""
-    x = pos[:, 0].astype(np.float32)
-    y = pos[:, 1].astype(np.float32)
-    if n <= 1:
-        return np.stack([x, y], axis=1).astype(np.float64)
-    k2 = np.float32(1.0 / n)
-    k = math.sqrt(1.0 / n)
-    t = 0.1
-    dt = t / (iterations + 1)
-    src, dst = (edges[:, 0], edges[:, 1]) if edges.size else (np.empty(0, int), np.empty(0, int))
-    for _ in range(iterations):
-        disp_x = np.empty(n, np.float32)
-        disp_y = np.empty(n, np.float32)
-        for s in range(0, n, block):
-            dx = x[s : s + block, None] - x[None, :]
-            dy = y[s : s + block, None] - y[None, :]
-            f = dx * dx
-            f += dy * dy
-            np.maximum(f, 1e-4, out=f)
-            np.divide(k2, f, out=f)
-            disp_x[s : s + block] = (dx * f).sum(axis=1)
-            disp_y[s : s + block] = (dy * f).sum(axis=1)
-        if src.size:
-            ex = x[src] - x[dst]
-            ey = y[src] - y[dst]
-            g = np.maximum(np.sqrt(ex * ex + ey * ey), 1e-2) / k
-            disp_x -= np.bincount(src, weights=ex * g, minlength=n).astype(np.float32)
-            disp_x += np.bincount(dst, weights=ex * g, minlength=n).astype(np.float32)
-            disp_y -= np.bincount(src, weights=ey * g, minlength=n).astype(np.float32)
-            disp_y += np.bincount(dst, weights=ey * g, minlength=n).astype(np.float32)
-        if gravity:
-            disp_x -= np.float32(gravity) * (x - x.mean())
-            disp_y -= np.float32(gravity) * (y - y.mean())
-        step = np.float32(t) / np.maximum(np.sqrt(disp_x * disp_x + disp_y * disp_y), 1e-2)
-        x += disp_x * step
-        y += disp_y * step
-        t -= dt
-    return np.stack([x, y], axis=1).astype(np.float64)
+def _force_layout(H: nx.Graph, seed: int, iterations: int) -> np.ndarray:
+    """networkx's ForceAtlas2 as an (n, 2) array (1,400 nodes: about 8 s for 50 iterations on one core)."""
+    if H.number_of_nodes() <= 1:
+        return np.zeros((H.number_of_nodes(), 2))
+    pos = nx.forceatlas2_layout(H, max_iter=iterations, seed=seed, strong_gravity=True)
+    return np.array([pos[v] for v in H], dtype=float)
 
 
 def layout_positions(H: nx.Graph, seed: int = 0, scale: float | None = None, iterations: int = 50) -> dict:
     """Positions {node: (x, y)} in pixels for a view drawn with physics off.
 
-    Graphs with at most 2,500 topics: force-directed layout of the whole graph (:func:`_fruchterman_reingold`).
-    Larger mixed graphs (the paper's ~2K topics + ~9K KPs): the topics are laid out on the topic graph, and each
-    KP is placed at the count-weighted mean of its topics plus a small jitter, so KPs sit next to the topics
-    they co-occur with; this costs O(topics² + edges) instead of O(nodes²)."""
+    Up to 2,500 nodes, or a graph of one type: a force-directed layout of the whole graph. The paper's graph (~2K
+    topics + ~9K KPs) lays out the topic graph only and puts each KP at the count-weighted mean of its topics plus a
+    small jitter, so KPs sit next to the topics they co-occur with, at O(topics²) instead of O(nodes²)."""
     nodes = list(H)
     n = len(nodes)
     if n == 0:
         return {}
     rng = np.random.default_rng(seed)
     scale = scale or 45.0 * math.sqrt(n)
-    index = {v: i for i, v in enumerate(nodes)}
-    types = [H.nodes[v].get("type", TOPIC) for v in nodes]
-    n_topics = sum(1 for t in types if t == TOPIC)
-
-    if n <= 2500 or n_topics == 0 or n_topics == n or n_topics > 2500:
-        edges = np.array([(index[a], index[b]) for a, b in H.edges()], dtype=np.int64).reshape(-1, 2)
-        pos = _fruchterman_reingold(n, edges, rng.random((n, 2)), iterations=iterations)
+    topics = [v for v in nodes if H.nodes[v].get("type", TOPIC) == TOPIC]
+    if n <= 2500 or len(topics) in (0, n) or len(topics) > 2500:
+        pos = _force_layout(H, seed, iterations)
     else:
-        topics = [v for v in nodes if H.nodes[v].get("type") == TOPIC]
-        t_index = {v: i for i, v in enumerate(topics)}
-        t_edges = np.array(
-            [(t_index[a], t_index[b]) for a, b in H.edges() if a in t_index and b in t_index],
-            dtype=np.int64,
-        ).reshape(-1, 2)
-        t_pos = _fruchterman_reingold(
-            len(topics), t_edges, rng.random((len(topics), 2)), iterations=iterations
+        t_pos = dict(zip(topics, _force_layout(H.subgraph(topics), seed, iterations), strict=True))
+        spread = (
+            0.6 * float(np.ptp(np.array(list(t_pos.values())), axis=0).mean() or 1.0) / math.sqrt(len(topics))
         )
         pos = np.zeros((n, 2))
-        spread = 0.6 / math.sqrt(len(topics))
-        for v, i in index.items():
-            if v in t_index:
-                pos[i] = t_pos[t_index[v]]
+        for i, v in enumerate(nodes):
+            if v in t_pos:
+                pos[i] = t_pos[v]
                 continue
-            nb = [(t_index[u], d.get("count", 1)) for u, d in H[v].items() if u in t_index]
-            if nb:
-                idx, w = zip(*nb, strict=True)
-                w = np.asarray(w, dtype=float)
-                centre = (t_pos[list(idx)] * w[:, None]).sum(axis=0) / w.sum()
-            else:
-                centre = t_pos.mean(axis=0) + rng.normal(0, 0.5, 2)
+            nb = [(t_pos[u], d.get("count", 1)) for u, d in H[v].items() if u in t_pos]
+            centre = np.average([p for p, _ in nb], axis=0, weights=[w for _, w in nb]) if nb else (0.0, 0.0)
             pos[i] = centre + rng.normal(0, spread, 2)
     pos -= np.median(pos, axis=0)
     extent = float(np.quantile(np.abs(pos), 0.98)) or 1.0
     pos = pos / extent * scale
-    return {v: (round(float(pos[i, 0]), 1), round(float(pos[i, 1]), 1)) for v, i in index.items()}
+    return {v: (round(float(pos[i, 0]), 1), round(float(pos[i, 1]), 1)) for i, v in enumerate(nodes)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -600,32 +512,6 @@ def whole_graph_view(G: nx.Graph, path: str | Path, config: ViewsConfig | None =
     return _write(_render(G, nodes, edges, cfg, title, legend, seed, positions=positions), path)
 
 
-def sigma_widget(G: nx.Graph, config: ViewsConfig | None = None, **kwargs):
-    """An ipysigma (WebGL) widget of the whole graph for the notebook: colour by type, size by frequency,
-    ForceAtlas2 layout running in the browser. Needs the ipysigma Jupyter extension (installed with the package);
-    a notebook rendered elsewhere shows nothing. Returns None above ``sigma_max_nodes`` nodes."""
-    from ipysigma import Sigma
-
-    cfg = config or ViewsConfig()
-    if G.number_of_nodes() > cfg.sigma_max_nodes:
-        return None
-    H = nx.Graph()
-    for n, d in G.nodes(data=True):
-        H.add_node(n, label=d["label"], type=d["type"], freq=d["freq"])
-    for a, b, d in G.edges(data=True):
-        H.add_edge(a, b, kind=d["kind"], count=d["count"])
-    opts = {
-        "node_color": "type",
-        "node_color_palette": {TOPIC: TOPIC_COLOR, KP: KP_COLOR},
-        "node_size": "freq",
-        "edge_size": "count",
-        "start_layout": 5 if H.number_of_nodes() > 1 else False,
-        "height": 600,
-    }
-    opts.update(kwargs)
-    return Sigma(H, **opts)
-
-
 def show_html(path: str | Path, height: int = 780):
     """Display a written view inline in a notebook (an iframe whose srcdoc is the page itself, so it works in
     executed notebooks opened from anywhere). Returns an IPython HTML object."""
@@ -652,7 +538,7 @@ def write_views(
     """Write every view into ``run_dir/views/``; returns {name: path}. Skips what the graph cannot show (no
     topics: no topic/ego view; no composition: no walk view)."""
     cfg = config or ViewsConfig()
-    out_dir = Path(run_dir) / VIEWS_DIR
+    out_dir = RunDir(run_dir).views
     out: dict[str, Path] = {}
     if not cfg.enabled:
         return out
@@ -668,78 +554,3 @@ def write_views(
     manifest = {k: str(p.name) for k, p in out.items()}
     write_text(out_dir / "index.json", json.dumps(manifest, indent=2) + "\n")
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Static figures
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def degree_distribution_figure(G: nx.Graph):
-    """Log-log degree distributions: topics in the topic graph, KPs in the KP graph, and both sides of the
-    topic-KP graph. Nodes of degree 0 cannot be drawn on a log axis; the legend says how many there are."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = [
-        ("topic-topic (topics)", "topic-topic", TOPIC, TOPIC_COLOR, "o"),
-        ("topic-KP (topics)", "topic-kp", TOPIC, "#ffbe7d", "s"),
-        ("topic-KP (KPs)", "topic-kp", KP, "#a0cbe8", "s"),
-        ("KP-KP (KPs)", "kp-kp", KP, KP_COLOR, "o"),
-    ]
-    drawn = False
-    for name, kind, ntype, color, marker in series:
-        deg = dict.fromkeys(nodes_of_type(G, ntype), 0)
-        for a, b, k in G.edges(data="kind"):
-            if k == kind:
-                for n in (a, b):
-                    if n in deg:
-                        deg[n] += 1
-        if not deg:
-            continue
-        values = np.fromiter(deg.values(), dtype=int)
-        zeros = int((values == 0).sum())
-        ks, cs = np.unique(values[values > 0], return_counts=True)
-        if ks.size:
-            ax.scatter(
-                ks, cs, s=18, color=color, marker=marker, alpha=0.8, label=f"{name}; {zeros} with degree 0"
-            )
-            drawn = True
-    if drawn:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no edges", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("degree (number of neighbours in the sub-graph)")
-    ax.set_ylabel("number of nodes")
-    ax.set_title("Degree distributions of the concept graph")
-    fig.tight_layout()
-    return fig
-
-
-def topic_kp_heatmap(matrix, max_label: int = 40):
-    """Heat map of a topic x KP co-occurrence count DataFrame (see ``graph.topic_kp_matrix``); log colour scale."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    n_r, n_c = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(3 + 0.35 * max(n_c, 1), 16), min(2 + 0.35 * max(n_r, 1), 12)))
-    if n_r == 0 or n_c == 0 or int(matrix.to_numpy().max()) == 0:
-        ax.text(0.5, 0.5, "no topic-KP co-occurrences", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return fig
-    data = matrix.to_numpy().astype(float)
-    masked = np.ma.masked_where(data == 0, data)
-    im = ax.imshow(masked, aspect="auto", cmap="viridis", norm=LogNorm(vmin=1, vmax=max(data.max(), 2)))
-
-    def cut(s: str) -> str:
-        return s if len(s) <= max_label else s[: max_label - 1] + "…"
-
-    ax.set_xticks(range(n_c), [cut(str(c)) for c in matrix.columns], rotation=70, ha="right", fontsize=8)
-    ax.set_yticks(range(n_r), [cut(str(r)) for r in matrix.index], fontsize=8)
-    ax.set_facecolor("#f4f4f4")
-    fig.colorbar(im, ax=ax, label="seed questions with both (log scale)")
-    ax.set_title("Topic x knowledge-point co-occurrence (most frequent topics)")
-    fig.tight_layout()
-    return fig

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mathscale_utils import generate as gen
-from mathscale_utils.batch import BatchBudgetError, BatchConfig, BatchRunner, request_body
+from mathscale_utils import stages
+from mathscale_utils.batch import BatchBudgetError, BatchRunner
+from mathscale_utils.chat import ChatRequest, request_body
 from mathscale_utils.io import read_json
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig
-from mathscale_utils.params import load_params
+from mathscale_utils.llm import LLM
+from mathscale_utils.params import BatchConfig, LLMConfig, load_params
 
 Plan = Callable[[str, dict, int], str]  # (custom_id, body, submission number) -> "ok" | "fail" | "expire"
 
@@ -375,9 +376,13 @@ def test_generation_stage_on_the_batch_backend(tmp_path):
     modes = ["ok", "malformed-once", "ok", "truncated", "boxed", "ok"]
     with FakeBatchAPI(answer=scripted_generation) as api:
         params = make_run(
-            tmp_path, api.base_url, modes, decontaminate=False, backend="batch", batch={"poll_s": 0}
+            tmp_path,
+            api.base_url,
+            modes,
+            decontaminate=False,
+            llm={"backend": "batch", "batch": {"poll_s": 0}},
         )
-        summary = gen.run(load_params(params), progress=False, log=lambda s: None)
+        summary = stages.generate(load_params(params), log=lambda s: None)
         assert api.calls["chat"] == 0  # every reply came through the Batch API
         assert api.calls["batches.create"] == 2  # the first requests, then the two retries
         assert sum(api.submissions.values()) == 6 + 2
@@ -396,16 +401,15 @@ def test_generation_waits_for_running_jobs_without_live_calls(tmp_path):
             api.base_url,
             ["ok"] * 5,
             decontaminate=False,
-            backend="batch",
-            batch={"poll_s": 0, "max_wait_s": 0},
+            llm={"backend": "batch", "batch": {"poll_s": 0, "max_wait_s": 0}},
         )
-        s1 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s1 = stages.generate(load_params(params), log=lambda s: None)
         assert api.calls["chat"] == 0 and api.calls["batches.create"] == 1
         assert s1["funnel"][1] == {"step": "reached (run stopped early)", "kept": 0, "removed": 5}
         api.hold = False
-        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)  # one poll: still running
+        s2 = stages.generate(load_params(params), log=lambda s: None)  # one poll: still running
         assert s2["funnel"][1]["step"].startswith("reached") and api.calls["chat"] == 0
         params.write_text(params.read_text().replace('"max_wait_s": 0', '"max_wait_s": null'))
-        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s2 = stages.generate(load_params(params), log=lambda s: None)
         assert api.calls["chat"] == 0 and api.calls["batches.create"] == 1  # the same job, collected
         assert s2["funnel"][-1]["kept"] == 5 and set(api.submissions.values()) == {1}

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from mathscale_utils.compose import (
-    ComposeConfig,
-    compose,
-    composition_path,
-    drop_table,
-    read_compositions,
-    write_compositions,
-)
-from mathscale_utils.graph import build_graph, kp_id, topic_id
+from mathscale_utils.compose import compose, drop_table, read_compositions, write_compositions
+from mathscale_utils.graph import build_graph, composition_path, kp_id, topic_id
 from mathscale_utils.io import read_json
+from mathscale_utils.params import ComposeConfig
 
 from concept_rows import row, synthetic_rows
 

@@ -2,18 +2,19 @@
 
 import pytest
 
+from mathscale_utils.artifacts import Record
 from mathscale_utils.concepts import (
-    ExtractConfig,
     Extraction,
     build_request,
     frequency_table,
     merge_case_variants,
     normalise,
     parse_reply,
+    retry_request,
     summary,
     to_rows,
 )
-from mathscale_utils.data import Record
+from mathscale_utils.params import ExtractConfig
 
 CFG = ExtractConfig()
 
@@ -79,9 +80,7 @@ def test_request_asks_for_json_schema_and_carries_retry_history():
     assert req.response_format["type"] == "json_object"
     assert req.response_format["schema"]["properties"]["topics"]["maxItems"] == 2
     assert "What is 2+2?" in req.messages[0]["content"]
-    retry = build_request(
-        "What is 2+2?", CFG, [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
-    )
+    retry = retry_request(req, "x", "y", CFG)
     assert len(retry.messages) == 3 and retry.key("m") != req.key("m")
 
 

@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathscale_utils.data import (
+from mathscale_utils.artifacts import Record
+from mathscale_utils.benchmarks import (
     MC_FILTER_KEYWORDS,
     MWPBENCH_DATASETS,
-    Record,
-    SeedsConfig,
     availability,
-    cap_per_task,
     dataset_of_topic,
     find_boxed,
     load_mwpbench,
-    load_seeds,
     math_topic,
     mc_to_word,
     read_agieval_math,
@@ -32,9 +29,11 @@ from mathscale_utils.data import (
     read_math,
     read_official,
     read_tal,
-    stratified_subset,
 )
 from mathscale_utils.io import DataError
+from mathscale_utils.mwpbench import cap_per_task, stratified_subset
+from mathscale_utils.params import SeedsConfig
+from mathscale_utils.seeds import load_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MATHSCALE_DATA_DIR") or ROOT.parent / "shared" / "data")

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.data import Record
+from mathscale_utils.artifacts import Record
 from mathscale_utils.io import DataError
-from mathscale_utils.judges import STOP_STRINGS, fill_template
-from mathscale_utils.llm import LLM, LLMConfig, model_id
+from mathscale_utils.llm import LLM, model_id
 from mathscale_utils.mwpbench import (
-    EvalConfig,
     compute_metrics,
     disagreements,
     error_examples,
@@ -22,6 +20,8 @@ from mathscale_utils.mwpbench import (
     run_eval,
     write_fresh_gaokao_check,
 )
+from mathscale_utils.params import EvalConfig, LLMConfig
+from mathscale_utils.templates import STOP_STRINGS, fill_template
 
 from fake_openai import fail_first, prompt_of
 
@@ -212,25 +212,25 @@ def test_rejudge_recomputes_verdicts(tmp_path):
 
 
 def test_which_model_stage_05_asks(tmp_path):
-    from mathscale_utils.mwpbench import eval_llm_config
     from mathscale_utils.params import parse_params
+    from mathscale_utils.serve import student_llm
 
     def params(extra: str = ""):
         text = f"run_name: r\noutputs_dir: {tmp_path}\nllm: {{model: teacher, base_url: http://api.example/v1}}\n"
         return parse_params(text + extra)
 
-    cfg, why = eval_llm_config(params())
+    cfg, why = student_llm(params())
     assert cfg.model == "teacher" and "no adapter" in why
-    cfg, why = eval_llm_config(params("evaluate: {model: student, base_url: 'http://127.0.0.1:8000/v1'}\n"))
+    cfg, why = student_llm(params("evaluate: {model: student, base_url: 'http://127.0.0.1:8000/v1'}\n"))
     assert (cfg.model, cfg.base_url, cfg.lora_path) == ("student", "http://127.0.0.1:8000/v1", None)
     adapter = tmp_path / "r" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="no llama.cpp form"):  # a GPU adapter is never silently skipped
-        eval_llm_config(params())
-    assert eval_llm_config(params("evaluate: {use_adapter: false}\n"))[0].model == "teacher"
+        student_llm(params())
+    assert student_llm(params("evaluate: {use_adapter: false}\n"))[0].model == "teacher"
     (adapter / "adapter.gguf").write_bytes(b"gguf")
-    cfg, why = eval_llm_config(params("finetune: {base_model: smollm2-135m-instruct}\n"))
+    cfg, why = student_llm(params("finetune: {base_model: smollm2-135m-instruct}\n"))
     assert (cfg.model, cfg.base_url, cfg.lora_path) == (
         "smollm2-135m-instruct",
         None,

@@ -67,7 +67,7 @@ def test_alpaca_prompt_is_the_evaluation_template():
         "\n\n### Instruction:\nWhat is 1+1?\n\n### Response:"
     )
     try:
-        from mathscale_utils.judges import fill_template
+        from mathscale_utils.templates import fill_template
     except ImportError:
         return
     assert fill_template("alpaca", "What is 1+1?") == p
@@ -169,15 +169,6 @@ TRAINED_STARTS = ("Sam has 3 + 4", "2 boxes hold 2 * 5")
 
 
 @needs_model
-def test_adapter_loads_and_changes_the_output(trained):
-    cfg, run_dir, _ = trained
-    rows = ft.compare(cfg, run_dir)  # transformers + peft: adapter off, then on
-    assert len(rows) == 2 and read_jsonl(run_dir / "finetune" / "before_after.jsonl") == rows
-    for r in rows:
-        assert r["tuned"] != r["base"] and r["tuned"].startswith(TRAINED_STARTS)
-
-
-@needs_model
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     cfg, run_dir, card = trained
     killed = tmp_path / "run"
@@ -207,13 +198,24 @@ def test_changed_config_starts_over(trained, tmp_path):
 
 @pytest.mark.slow
 @needs_model
-def test_lora_gguf_conversion_loads_in_llama_cpp(trained):
-    if not (ft.CONVERTER_DIR / "convert_lora_to_gguf.py").exists():
-        pytest.skip("converter missing: python -m mathscale_utils.finetune setup-converter")
+def test_adapter_loads_in_llama_cpp_and_changes_the_output(trained):
+    """adapter.gguf from the peft adapter; the held-out questions answered by the Q4 GGUF base without and with it,
+    through the embedded llama.cpp server and the LLM client, as stage 05 asks."""
+    from mathscale_utils.params import parse_params
+    from mathscale_utils.serve import CONVERTER_DIR, compare, convert_adapter_to_gguf
+
+    if not (CONVERTER_DIR / "convert_lora_to_gguf.py").exists():
+        pytest.skip("converter missing: python -m mathscale_utils.serve setup-converter")
     cfg, run_dir, _ = trained
-    gguf = ft.convert_adapter_to_gguf(run_dir / "adapter", cfg.base_model)
+    gguf = convert_adapter_to_gguf(run_dir / "adapter", cfg.base_model)
     assert gguf == run_dir / "adapter" / "adapter.gguf" and gguf.stat().st_size > 0
-    for r in ft.compare(cfg, run_dir, backend="llama_cpp"):  # the Q4 GGUF without and with adapter.gguf
+    finetune = ", ".join(
+        f"{k}: {v}" for k, v in cfg.model_dump(exclude={"target_modules"}).items() if v is not None
+    )
+    P = parse_params(f"run_name: {run_dir.name}\noutputs_dir: {run_dir.parent}\nfinetune: {{{finetune}}}\n")
+    rows = compare(P)
+    assert len(rows) == 2 and read_jsonl(run_dir / "finetune" / "before_after.jsonl") == rows
+    for r in rows:
         assert r["tuned"] != r["base"] and r["tuned"].startswith(TRAINED_STARTS)
 
 
@@ -234,5 +236,9 @@ def test_qlora_on_gpu(tmp_path):
     cfg = _cfg(method="qlora", bf16=True, gradient_checkpointing=True, optim="paged_adamw_8bit", max_steps=4)
     card = ft.train(cfg, tmp_path)
     assert card["device"] == "cuda" and card["steps"] == 4 and card["final_loss"] < card["initial_loss"]
-    model, tok = ft.load_student(cfg, tmp_path / "adapter")
-    assert ft.generate(model, tok, [ft.render_prompt(tok, ROWS[0]["question"])], 8)[0]
+    from peft import PeftModel  # the adapter loads on its 4-bit base and generates
+
+    model, tok = ft.load_base(cfg, quantize=True)
+    model = PeftModel.from_pretrained(model, str(tmp_path / "adapter"))
+    enc = tok([ft.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt").to(model.device)
+    assert model.generate(**enc, max_new_tokens=8, do_sample=False).shape[1] > enc["input_ids"].shape[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils import dataset_card, filters, reply_format
+from mathscale_utils import dataset_stats, filters, reply_format, stages
 from mathscale_utils import generate as gen
 from mathscale_utils.filters import (
     Decontaminator,
@@ -24,10 +24,8 @@ from mathscale_utils.filters import (
     near_duplicates,
 )
 from mathscale_utils.generate import FewShotIndex, composition_rng, plan_request, retry_request
-from mathscale_utils.generate_config import GenerateConfig
 from mathscale_utils.io import read_json, read_jsonl, write_jsonl
-from mathscale_utils.llm import LLMConfig
-from mathscale_utils.params import ROOT, ParamsError, load_params, parse_params
+from mathscale_utils.params import ROOT, GenerateConfig, LLMConfig, ParamsError, load_params, parse_params
 from mathscale_utils.reply_format import parse_generation
 
 from fake_openai import FakeOpenAI
@@ -464,14 +462,16 @@ def test_estimate_cost_uses_prices_and_batch_factor():
     est = gen.estimate_cost(cfg, llm, 1000, prompt_chars=4000)
     assert est["calls"] == 1000 and est["prompt_tokens"] == 1_000_000 and est["completion_tokens"] == 100_000
     assert est["cost_usd"] == pytest.approx(1.2) and est["within_budget"] is False
-    est_b = gen.estimate_cost(cfg.model_copy(update={"backend": "batch"}), llm, 1000, prompt_chars=4000)
+    est_b = gen.estimate_cost(cfg, llm.model_copy(update={"backend": "batch"}), 1000, prompt_chars=4000)
     assert est_b["cost_usd"] == pytest.approx(0.6) and est_b["within_budget"]
     assert "hours_on_embedded_server" in gen.estimate_cost(cfg, LLMConfig(), 100)
 
 
 def test_params_section_validates(tmp_path):
-    p = parse_params("run_name: x\ngenerate:\n  n_questions: 5\n  backend: batch\n  batch:\n    poll_s: 1\n")
-    assert p.generate.n_questions == 5 and p.generate.batch.poll_s == 1
+    p = parse_params(
+        "run_name: x\ngenerate:\n  n_questions: 5\nllm:\n  backend: batch\n  batch:\n    poll_s: 1\n"
+    )
+    assert p.generate.n_questions == 5 and p.llm.batch.poll_s == 1
     with pytest.raises(ParamsError, match="generate.shotz"):
         parse_params("run_name: x\ngenerate:\n  shotz: 3\n")
     f = tmp_path / "p.yaml"
@@ -496,7 +496,7 @@ def test_end_to_end_funnel_exports_and_no_repeat(tmp_path, no_data_env):
             tmp_path, fake.base_url, E2E_MODES, data_root=make_data_dir(tmp_path), answer_check=True
         )
         P = load_params(params)
-        summary = gen.run(P, progress=False, log=lambda s: None)
+        summary = stages.generate(P, log=lambda s: None)
         calls = fake.total_completed
         # 14 first requests + 4 retries (malformed x2, noanswer, truncated) + 12 answer checks
         assert calls == 14 + 4 + 12
@@ -539,7 +539,7 @@ def test_end_to_end_funnel_exports_and_no_repeat(tmp_path, no_data_env):
         assert summary["usage"]["session"]["requests"] == calls and summary["estimate"]["compositions"] == 14
         assert len(read_jsonl(run_dir / "generation" / "decontamination.jsonl")) == 2
         # a second run repeats no call and gives the same rows
-        gen.run(load_params(params), progress=False, log=lambda s: None)
+        stages.generate(load_params(params), log=lambda s: None)
         assert fake.total_completed == calls
         assert read_jsonl(run_dir / "mathscaleqa.jsonl") == rows
 
@@ -552,11 +552,11 @@ def test_transport_errors_leave_the_shard_unfinished(tmp_path, no_data_env):
 
     with FakeOpenAI(answer=scripted_generation, fault=fault) as fake:
         params = make_run(tmp_path, fake.base_url, ["ok", "broken", "ok", "ok", "ok"], decontaminate=False)
-        s1 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s1 = stages.generate(load_params(params), log=lambda s: None)
         assert s1["errors"] and s1["funnel"][1]["removed"] == 1
         fails["on"] = False
         before = fake.total_completed
-        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s2 = stages.generate(load_params(params), log=lambda s: None)
         assert fake.total_completed == before + 1  # only the failed call is made again
         assert not s2["errors"] and s2["funnel"][-1]["kept"] == 5
 
@@ -567,7 +567,7 @@ def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, no_data_env):
         params = make_run(tmp_path, fake.base_url, modes, decontaminate=False, shard_size=4)
         P = load_params(params)
         env = {k: v for k, v in os.environ.items() if k != "MATHSCALE_DATA_DIR"}
-        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.generate", str(params), "--no-progress"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.chain", str(params), "--only", "03", "--engine", "python"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             deadline = time.monotonic() + 60
@@ -589,7 +589,7 @@ def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, no_data_env):
         assert fake.total_completed == 6
         fake.stall_after = None
         fake.release_stalled()
-        summary = gen.run(load_params(params), progress=False, log=lambda s: None)
+        summary = stages.generate(load_params(params), log=lambda s: None)
         counts = messages_counter(fake)
         # every distinct request reached the server once, except those left hanging by the kill, which never got
         # an answer; nothing was answered twice
@@ -623,8 +623,8 @@ def test_notebook_runs_headless(tmp_path, no_data_env):
         assert (run_dir / "mathscaleqa_hf").is_dir() and (run_dir / "dataset_card.md").exists()
         text = out.read_text()
         assert "kp_coverage" in text and "MathScaleQA (this run)" in text
-        cov = dataset_card.coverage(
-            read_jsonl(run_dir / "mathscaleqa.jsonl"), *dataset_card.graph_vocabulary(run_dir)
+        cov = dataset_stats.coverage(
+            read_jsonl(run_dir / "mathscaleqa.jsonl"), *dataset_stats.graph_vocabulary(run_dir)
         )
         assert cov["graph_topics"] == 3 and cov["graph_kps"] == 7 and 0 < cov["kp_coverage"] < 1
 
@@ -634,13 +634,13 @@ def test_budget_stops_the_run_and_a_rerun_continues(tmp_path, no_data_env):
         prices = {"price_prompt_per_1m": 1000.0, "price_completion_per_1m": 1000.0, "budget_usd": 3.0}
         params = make_run(tmp_path, fake.base_url, ["ok"] * 8, llm=prices, decontaminate=False, shard_size=2)
         with pytest.warns(UserWarning, match="budget"):
-            s1 = gen.run(load_params(params), progress=False, log=lambda s: None)
+            s1 = stages.generate(load_params(params), log=lambda s: None)
         first = fake.total_completed
         assert 0 < first < 8 and s1["funnel_adds_up"]
         assert s1["funnel"][-1]["kept"] == first
         assert any("budget" in k for k in s1["errors"]) or s1["funnel"][1]["step"].startswith("reached")
         params.write_text(params.read_text().replace("budget_usd: 3.0", "budget_usd: 1000.0"))
-        s2 = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s2 = stages.generate(load_params(params), log=lambda s: None)
         assert fake.total_completed == 8 and max(messages_counter(fake).values()) == 1
         assert s2["funnel"][-1]["kept"] == 8
 
@@ -650,7 +650,7 @@ def test_changed_shard_size_or_more_questions_reuse_the_cache(tmp_path, no_data_
         params = make_run(
             tmp_path, fake.base_url, ["ok"] * 7, decontaminate=False, shard_size=4, n_questions=5
         )
-        gen.run(load_params(params), progress=False, log=lambda s: None)
+        stages.generate(load_params(params), log=lambda s: None)
         assert fake.total_completed == 5
         params.write_text(
             params.read_text()
@@ -658,7 +658,7 @@ def test_changed_shard_size_or_more_questions_reuse_the_cache(tmp_path, no_data_
             .replace("n_questions: 5", "n_questions: 7")
         )
         P = load_params(params)
-        gen.run(P, progress=False, log=lambda s: None)
+        stages.generate(P, log=lambda s: None)
         assert fake.total_completed == 7 and max(messages_counter(fake).values()) == 1  # only the 2 new ones
         raw = gen.load_raw(P.run_dir)
         assert [r["composition_id"] for r in raw] == [f"c{i:04d}" for i in range(7)]
@@ -681,7 +681,7 @@ def test_question_without_solution_is_completed_by_the_retry(tmp_path, no_data_e
     assert reply_format.parse_retry("no idea", "stop", "no_solution", first).reason == "no_final_answer"
     with FakeOpenAI(answer=scripted_generation) as fake:
         params = make_run(tmp_path, fake.base_url, ["qonly", "ok"], decontaminate=False)
-        s = gen.run(load_params(params), progress=False, log=lambda s: None)
+        s = stages.generate(load_params(params), log=lambda s: None)
         assert fake.total_completed == 3 and s["funnel"][-1]["kept"] == 2
         row = gen.load_raw(load_params(params).run_dir)[0]
         assert (

@@ -10,7 +10,6 @@ import networkx as nx
 import pytest
 
 from mathscale_utils.graph import (
-    GraphConfig,
     build_graph,
     central_nodes,
     components,
@@ -25,6 +24,7 @@ from mathscale_utils.graph import (
     type_counts,
 )
 from mathscale_utils.io import read_json
+from mathscale_utils.params import GraphConfig
 
 from concept_rows import row
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from mathscale_utils.judges import (
-    TEMPLATES,
     extract_answer,
     extract_boxed_all,
-    fill_template,
     is_equiv,
     is_number,
     paper_judge,
     strict_judge,
     strip_string,
 )
+from mathscale_utils.templates import TEMPLATES, fill_template
 
 # ---------------------------------------------------------------------------------------------------------------
 # the paper's judge: (completion, reference, expected verdict), grouped by rule

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils import models
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig, ServerDied, parse_json_reply
+from mathscale_utils.chat import ChatRequest, parse_json_reply
+from mathscale_utils.llm import LLM, ServerDied
 from mathscale_utils.models import REGISTRY, LocalServer, ModelError, ModelSpec, Part, ensure_model, get_spec
+from mathscale_utils.params import LLMConfig
 
 
 def make_package(site: Path, dist: str, version: str, relpath: str, data: bytes) -> Part:

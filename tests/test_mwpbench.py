@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils.data import Record, cap_per_task
-from mathscale_utils.judges import STOP_STRINGS
-from mathscale_utils.mwpbench import EvalConfig, compute_metrics
+from mathscale_utils.artifacts import Record
+from mathscale_utils.mwpbench import cap_per_task, compute_metrics
+from mathscale_utils.params import EvalConfig
+from mathscale_utils.templates import STOP_STRINGS
 
 # ---------------------------------------------------------------------------------------------------------------
 # stop strings and the evaluate: defaults

@@ -179,7 +179,7 @@ def test_notebook_06_draws_an_ablation_sweep(tmp_path):
     write_jsonl(out / "sw-full" / "concepts.jsonl", concepts)
     params = tmp_path / "p.yaml"
     params.write_text(
-        f"run_name: sw-full\noutputs_dir: {out}\nllm:\n  model: smollm2-135m-instruct\nscaling:\n  coverage_sample: 0\n"
+        f"run_name: sw-full\noutputs_dir: {out}\nllm:\n  model: smollm2-135m-instruct\nextract:\n  coverage_sample: 0\n"
     )
     pm.execute_notebook(str(ROOT / "notebooks" / "06_scaling_curves.ipynb"), str(tmp_path / "06.ipynb"),
                         parameters={"params_file": str(params)}, kernel_name=ensure_kernel(), cwd=str(ROOT),

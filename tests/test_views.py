@@ -13,18 +13,21 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from mathscale_utils.compose import ComposeConfig, compose
-from mathscale_utils.graph import build_graph, question_index, topic_kp_matrix
-from mathscale_utils.views import (
-    ViewsConfig,
+from mathscale_utils.compose import compose
+from mathscale_utils.graph import (
+    build_graph,
     degree_distribution_figure,
+    question_index,
+    topic_kp_heatmap,
+    topic_kp_matrix,
+)
+from mathscale_utils.params import ComposeConfig, ViewsConfig
+from mathscale_utils.views import (
     ego_view,
     layout_positions,
     remote_urls,
     show_html,
-    sigma_widget,
     topic_graph_view,
-    topic_kp_heatmap,
     walk_view,
     whole_graph_view,
     write_views,
@@ -117,7 +120,7 @@ def test_layout_positions_scale(graph):
     assert layout_positions(graph, seed=0) == pos
 
 
-def test_figures_and_widgets_on_tiny_and_empty_graphs(graph, tmp_path):
+def test_figures_and_views_on_tiny_and_empty_graphs(graph, tmp_path):
     import matplotlib.pyplot as plt
 
     empty = build_graph([])
@@ -125,9 +128,6 @@ def test_figures_and_widgets_on_tiny_and_empty_graphs(graph, tmp_path):
         plt.close(degree_distribution_figure(G))
         plt.close(topic_kp_heatmap(topic_kp_matrix(G)))
         assert write_views(G, tmp_path / str(G.number_of_nodes()), {}, None, ViewsConfig()) is not None
-    w = sigma_widget(graph)
-    assert type(w).__name__ == "Sigma"
-    assert sigma_widget(graph, ViewsConfig(sigma_max_nodes=1)) is None
 
 
 def test_show_html_embeds_page(tmp_path, graph):

@@ -1,14 +1,5 @@
-"""Seed and benchmark loaders, and the record schema every stage shares.
-
-Record schema (``Record.to_dict()``; also the shape of seed rows handed to stage 01)::
-
-    {"id": str,             # unique within a load; stable across runs (derived from the source's own ids/order)
-     "dataset": str,        # one of MWPBENCH_DATASETS, or "fresh_gaokao_math_2023", or "custom"
-     "data_topic": str,     # MWPBench's finer task key: "gsm8k", "MATH.Algebra", "college_math.calculus", "tal", ...
-     "question": str,       # the question as the model sees it
-     "answer": str,         # short final answer, as MWPBench keeps it (often LaTeX, sometimes "$...$")
-     "solution": str|None,  # worked solution when the source has one
-     "meta": dict}          # source-specific extras (split, level, licence, original options, ...)
+"""MWPBench's source files read into records (artifacts.Record): one reader per source, the official files, and
+which datasets are present and how faithfully.
 
 Sources (files under the shared data folder, see ``../shared/data/PROVENANCE.md``) and how each becomes records:
 
@@ -43,41 +34,24 @@ user add a guess.
 The official MWPBench files (``full_train.json``, ``full_test.json``, ``fresh_gaokao_math_2023.json``; JSON Lines
 despite the name; rows ``{data_topic, data_source, question, answer, license, question_number}``) are read by
 ``read_official`` and grouped by ``data_topic`` into the ten datasets. When given, they make every dataset exact.
-
-Seeds for concept extraction: ``SeedsConfig`` + ``load_seeds`` (the contract notebook 01 relies on).
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import json
-import math
-import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from mathscale_utils.artifacts import Record
 from mathscale_utils.io import DataError, iter_jsonl
 
 # The ten MWPBench top-level entries, in the paper's Table 5 column order.
 MWPBENCH_DATASETS: tuple[str, ...] = (
-    "gsm8k",
-    "MATH",
-    "college_math",
-    "tal",
-    "math23k_en",
-    "ape210k_en",
-    "gaokao_bench_math_en",
-    "agieval.gaokao-math-en",
-    "agieval.sat-math",
-    "agieval.math",
-)
+    "gsm8k", "MATH", "college_math", "tal", "math23k_en", "ape210k_en", "gaokao_bench_math_en",
+    "agieval.gaokao-math-en", "agieval.sat-math", "agieval.math",
+)  # fmt: skip
 FRESH_GAOKAO = "fresh_gaokao_math_2023"
 FRESH_GAOKAO_TOPIC = "FreshGaokaoMath2023"
 CUSTOM = "custom"
@@ -85,92 +59,36 @@ ALL_DATASETS: tuple[str, ...] = MWPBENCH_DATASETS + (FRESH_GAOKAO, CUSTOM)
 
 # Paper Table 1: (#train, #test) per dataset.
 PAPER_COUNTS: dict[str, tuple[int, int]] = {
-    "gsm8k": (7473, 1319),
-    "MATH": (7498, 5000),
-    "college_math": (1281, 2818),
-    "tal": (2638, 1496),
-    "math23k_en": (1000, 949),
-    "ape210k_en": (967, 4874),
-    "gaokao_bench_math_en": (0, 508),
-    "agieval.gaokao-math-en": (0, 404),
-    "agieval.sat-math": (0, 102),
-    "agieval.math": (0, 938),
-    FRESH_GAOKAO: (0, 30),
-}
+    "gsm8k": (7473, 1319), "MATH": (7498, 5000), "college_math": (1281, 2818), "tal": (2638, 1496),
+    "math23k_en": (1000, 949), "ape210k_en": (967, 4874), "gaokao_bench_math_en": (0, 508),
+    "agieval.gaokao-math-en": (0, 404), "agieval.sat-math": (0, 102), "agieval.math": (0, 938), FRESH_GAOKAO: (0, 30),
+}  # fmt: skip
 
 MATH_SUBJECTS: tuple[str, ...] = (
-    "Algebra",
-    "Counting & Probability",
-    "Geometry",
-    "Intermediate Algebra",
-    "Number Theory",
-    "Prealgebra",
+    "Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory", "Prealgebra",
     "Precalculus",
-)
+)  # fmt: skip
 COLLEGE_MATH_TOPICS: tuple[str, ...] = (
-    "algebra",
-    "precalculus",
-    "calculus",
-    "vector_calculus",
-    "probability",
-    "linear_algebra",
-    "differential_equation",
-)
+    "algebra", "precalculus", "calculus", "vector_calculus", "probability", "linear_algebra", "differential_equation",
+)  # fmt: skip
 
 # The five known keywords of the paper's multiple-choice filter (the sixth is unknown; see the module docstring).
 MC_FILTER_KEYWORDS: tuple[str, ...] = (
-    "which of the following",
-    "which one",
-    "which is",
-    "the following",
-    "which statement",
-)
+    "which of the following", "which one", "which is", "the following", "which statement",
+)  # fmt: skip
 
 # Relative locations of the shared data files.
 SOURCE_FILES: dict[str, str] = {
-    "gsm8k.train": "gsm8k/train.jsonl",
-    "gsm8k.test": "gsm8k/test.jsonl",
-    "MATH.train": "math/train.jsonl",
-    "MATH.test": "math/test.jsonl",
-    "college_math.train": "mwpbench/college_math_train.jsonl",
-    "college_math.test": "mwpbench/college_math_test.jsonl",
-    "tal.train": "tal_scq5k_en/train.jsonl",
-    "tal.test": "tal_scq5k_en/test.jsonl",
+    "gsm8k.train": "gsm8k/train.jsonl", "gsm8k.test": "gsm8k/test.jsonl",
+    "MATH.train": "math/train.jsonl", "MATH.test": "math/test.jsonl",
+    "college_math.train": "mwpbench/college_math_train.jsonl", "college_math.test": "mwpbench/college_math_test.jsonl",
+    "tal.train": "tal_scq5k_en/train.jsonl", "tal.test": "tal_scq5k_en/test.jsonl",
     "gaokao_bench_math_en.test": "mwpbench/gaokao_bench_math_en_test.jsonl",
-    "agieval.sat-math.test": "agieval/sat-math.jsonl",
-    "agieval.math.test": "agieval/math.jsonl",
+    "agieval.sat-math.test": "agieval/sat-math.jsonl", "agieval.math.test": "agieval/math.jsonl",
     f"{FRESH_GAOKAO}.test": "mwpbench/fresh_gaokao_math_2023.jsonl",
-}
+}  # fmt: skip
 
 Split = Literal["train", "test"]
-
-
-@dataclass
-class Record:
-    """One question with its short answer (schema in the module docstring)."""
-
-    id: str
-    dataset: str
-    data_topic: str
-    question: str
-    answer: str
-    solution: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(
-            id=str(d["id"]),
-            dataset=d["dataset"],
-            data_topic=d["data_topic"],
-            question=d["question"],
-            answer=d["answer"],
-            solution=d.get("solution"),
-            meta=dict(d.get("meta") or {}),
-        )
 
 
 def dataset_of_topic(data_topic: str) -> str:
@@ -531,9 +449,10 @@ _LOCAL_STATUS: dict[str, tuple[str, str]] = {
 }
 
 
-def _read_local(
+def read_dataset(
     dataset: str, split: Split, data_dir: Path, extra_keywords: Sequence[str] = ()
 ) -> list[Record]:
+    """One dataset's split from the shared data folder (empty when the folder cannot have it)."""
     if split == "train" and PAPER_COUNTS.get(dataset, (0, 0))[0] == 0:
         return []
     if dataset == "gsm8k":
@@ -602,7 +521,7 @@ def load_mwpbench(
     for d in wanted:
         if d == FRESH_GAOKAO and split == "train":
             continue
-        out += _read_local(d, split, Path(data_dir), extra_keywords)
+        out += read_dataset(d, split, Path(data_dir), extra_keywords)
     return out
 
 
@@ -641,7 +560,7 @@ def availability(
         n = 0
         if st != "missing" and data_dir is not None:
             try:
-                n = len(_read_local(d, split, Path(data_dir), extra_keywords))
+                n = len(read_dataset(d, split, Path(data_dir), extra_keywords))
             except DataError as e:
                 st, note = "missing", str(e)
         elif data_dir is None and st != "missing":
@@ -666,238 +585,3 @@ def availability(
             }
         )
     return rows
-
-
-def _largest_remainder(sizes: dict[str, int], n: int) -> dict[str, int]:
-    total = sum(sizes.values())
-    if n >= total:
-        return dict(sizes)
-    quotas = {g: n * s / total for g, s in sizes.items()}
-    alloc = {g: min(sizes[g], math.floor(q)) for g, q in quotas.items()}
-    left = n - sum(alloc.values())
-    for g in sorted(sizes, key=lambda g: (-(quotas[g] - math.floor(quotas[g])), g)):
-        if left <= 0:
-            break
-        if alloc[g] < sizes[g]:
-            alloc[g] += 1
-            left -= 1
-    return alloc
-
-
-def stratified_subset(
-    records: Sequence[Record], n_per_dataset: int | None, seed: int, by: str = "data_topic"
-) -> list[Record]:
-    """A seeded, reproducible subset: ``n_per_dataset`` records per dataset, spread over ``by`` groups in
-    proportion to their sizes (largest-remainder rounding), sampled uniformly within each group.
-
-    ``None`` (or more than available) keeps everything. Selected records keep their original order, so a
-    per-task cap "in file order" applied before sub-setting still means the same items. Same inputs + same seed ->
-    same subset, independent of PYTHONHASHSEED.
-    """
-    if n_per_dataset is None:
-        return list(records)
-    if n_per_dataset < 0:
-        raise ValueError("n_per_dataset must be >= 0 or None")
-    by_ds: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, r in enumerate(records):
-        key = getattr(r, by) if by in ("data_topic", "dataset") else r.meta.get(by, "")
-        by_ds[r.dataset][str(key)].append(i)
-    chosen: list[int] = []
-    for ds, groups in by_ds.items():
-        alloc = _largest_remainder({g: len(ix) for g, ix in groups.items()}, n_per_dataset)
-        for g, ix in sorted(groups.items()):
-            rng = random.Random(f"{seed}|{ds}|{g}")
-            chosen += rng.sample(ix, alloc[g]) if alloc[g] < len(ix) else ix
-    return [records[i] for i in sorted(chosen)]
-
-
-def cap_per_task(records: Sequence[Record], cap: int | None) -> list[Record]:
-    """The driver's per-task cap: the first ``cap`` records of each data_topic, in file order (None/-1: no cap)."""
-    if cap is None or cap < 0:
-        return list(records)
-    seen: Counter[str] = Counter()
-    out = []
-    for r in records:
-        seen[r.data_topic] += 1
-        if seen[r.data_topic] <= cap:
-            out.append(r)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# seeds for concept extraction (stage 01)
-
-RESOURCES = Path(__file__).resolve().parent / "resources"
-
-
-class SeedsConfig(BaseModel):
-    """Where stage 01 takes its seed questions from (the ``extract.seeds`` params section)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: Literal["builtin", "jsonl", "gsm8k", "math", "college_math", "tal", "mwpbench"] = Field(
-        "builtin",
-        description="builtin: seeds shipped with the package; jsonl: your own file (path); gsm8k/math/college_math/"
-        "tal: that train split from the data folder; mwpbench: all available MWPBench train splits, or the official "
-        "full_train.json given as path",
-    )
-    path: str | None = Field(
-        None, description="JSONL file for source jsonl, or full_train.json for source mwpbench"
-    )
-    datasets: list[str] | None = Field(
-        None,
-        description="keep only seeds of these datasets, e.g. [gsm8k, MATH] for the paper's GSM8K+MATH-only ablation",
-    )
-    limit: int | None = Field(
-        None,
-        ge=1,
-        description="use at most this many seeds: a seeded random sample, nested (a smaller limit keeps a subset of a "
-        "larger one's seeds, and the datasets filter keeps the same order, so ablations compare subsets)",
-    )
-    sample_seed: int = Field(0, description="seed of that sample")
-
-
-def _tolerant_rows(path: Path) -> Iterable[tuple[int, Any, str | None]]:
-    """(line number, parsed object or None, error) for every non-blank line: bad lines are reported, not raised."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield i, None, f"not valid JSON ({e.msg} at column {e.colno})"
-
-
-def _seed_rows(path: Path, dataset: str, data_topic: str, warnings: list[str]) -> list[Record]:
-    """Validate a seed JSONL (rows need "question"; may have "id", "solution", "answer"); skip and report bad rows."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    out: list[Record] = []
-    ids: set[str] = set()
-    for line, obj, err in _tolerant_rows(path):
-        where = f"{path}:{line}"
-        if err is not None:
-            warnings.append(f"{where}: skipped: {err}")
-            continue
-        if not isinstance(obj, dict):
-            warnings.append(f"{where}: skipped: expected a JSON object, got {type(obj).__name__}")
-            continue
-        q = obj.get("question")
-        if q is None:
-            warnings.append(f"{where}: skipped: missing key 'question'")
-            continue
-        if not isinstance(q, str):
-            warnings.append(
-                f"{where}: skipped: key 'question' has type {type(q).__name__}, expected a string"
-            )
-            continue
-        if not q.strip():
-            warnings.append(f"{where}: skipped: empty 'question'")
-            continue
-        bad = None
-        vals: dict[str, str | None] = {}
-        for key, allow_num in (("id", True), ("solution", False), ("answer", True)):
-            v = obj.get(key)
-            if v is None or isinstance(v, str):
-                vals[key] = v
-            elif allow_num and isinstance(v, int | float) and not isinstance(v, bool):
-                vals[key] = str(v)
-            else:
-                bad = f"key '{key}' has type {type(v).__name__}, expected a string"
-                break
-        if bad:
-            warnings.append(f"{where}: skipped: {bad}")
-            continue
-        rid = vals["id"] or f"{path.stem}.{line}"
-        if rid in ids:
-            warnings.append(f"{where}: skipped: duplicate id {rid!r}")
-            continue
-        ids.add(rid)
-        out.append(
-            Record(
-                id=rid,
-                dataset=dataset,
-                data_topic=data_topic,
-                question=q.strip(),
-                answer=(vals["answer"] or "").strip(),
-                solution=vals["solution"],
-                meta={"source_file": str(path), "source_line": line},
-            )
-        )
-    return out
-
-
-def _sample_rank(sample_seed: int, record_id: str) -> bytes:
-    """A seed's place in the random order: a hash of its own id, so samples are nested across limits and datasets."""
-    return hashlib.sha256(f"{sample_seed}\0{record_id}".encode()).digest()
-
-
-def load_seeds(cfg: SeedsConfig, data_dir: str | Path | None) -> tuple[list[Record], list[str]]:
-    """Seed questions for concept extraction, and human-readable warnings (skipped rows, sampling notes).
-
-    builtin: ``mathscale_utils/resources/seeds.jsonl``; jsonl: ``cfg.path`` (malformed rows are skipped and each is
-    reported with file and line in the warnings); gsm8k / math / college_math / tal: that train split of the shared
-    data; mwpbench: the official full_train.json when ``cfg.path`` is set, else every available train split
-    (gsm8k, MATH, college_math, TAL converted). With ``limit`` below the number available, a random sample seeded by
-    ``sample_seed`` is kept (in source order). Each seed's place in the sample order is a hash of its id, so a smaller
-    limit keeps a subset of a larger one's seeds, and filtering by ``datasets`` keeps the others' relative order: the
-    GSM8K+MATH seeds among a 48-seed sample are exactly a ``datasets=[gsm8k, MATH]`` sample of that count. An empty
-    result raises DataError.
-    """
-    warnings: list[str] = []
-    src = cfg.source
-    if src == "builtin":
-        recs = _seed_rows(RESOURCES / "seeds.jsonl", CUSTOM, "builtin", warnings)
-    elif src == "jsonl":
-        if not cfg.path:
-            raise DataError("seeds: source 'jsonl' needs 'path'")
-        from mathscale_utils.params import resolve_path
-
-        recs = _seed_rows(resolve_path(cfg.path), CUSTOM, CUSTOM, warnings)
-    else:
-        if src == "mwpbench" and cfg.path:
-            from mathscale_utils.params import resolve_path
-
-            recs = read_official(resolve_path(cfg.path), "train")
-        else:
-            if data_dir is None or not Path(data_dir).exists():
-                raise DataError(f"seeds: source {src!r} needs the shared data folder, not found: {data_dir}")
-            names = {
-                "gsm8k": ["gsm8k"],
-                "math": ["MATH"],
-                "college_math": ["college_math"],
-                "tal": ["tal"],
-                "mwpbench": ["gsm8k", "MATH", "college_math", "tal"],
-            }[src]
-            recs = []
-            for d in names:
-                recs += _read_local(d, "train", Path(data_dir))
-            if src == "mwpbench":
-                warnings.append(
-                    "seeds: MWPBench train rebuilt from the shared data (gsm8k, MATH, college_math, TAL); math23k_en and "
-                    "ape210k_en train are only in the official full_train.json (give it as seeds.path)"
-                )
-    if cfg.datasets is not None:
-        have = sorted({r.dataset for r in recs})
-        unknown = sorted(set(cfg.datasets) - set(have))
-        if unknown:
-            raise DataError(f"seeds: key 'datasets': {unknown} not among the seeds' datasets {have}")
-        recs = [r for r in recs if r.dataset in cfg.datasets]
-    if cfg.limit is not None and cfg.limit < len(recs):
-        keep = sorted(
-            heapq.nsmallest(
-                cfg.limit, range(len(recs)), key=lambda i: _sample_rank(cfg.sample_seed, recs[i].id)
-            )
-        )
-        warnings.append(
-            f"seeds: using a random sample of {cfg.limit} of {len(recs)} (sample_seed={cfg.sample_seed})"
-        )
-        recs = [recs[i] for i in keep]
-    elif cfg.limit is not None and cfg.limit > len(recs):
-        warnings.append(f"seeds: limit {cfg.limit} is more than the {len(recs)} available; using all")
-    if not recs:
-        raise DataError(
-            f"seeds: no usable seed questions from source {src!r}" + (f" ({cfg.path})" if cfg.path else "")
-        )
-    return recs, warnings

@@ -1,0 +1,187 @@
+"""What an LLM call is: the request, its result, the request body sent over HTTP, and the one "ask, validate,
+retry once" loop that stages use to get a reply they can parse.
+
+    asked = ask_validated(llm, requests, parse=lambda res, first: parse_reply(res.text), fix=retry_request)
+    asked[i].value        # what parse() returned, or None when the reply stayed unusable or the request failed
+    asked[i].problem      # why not (the parser's message, or "request failed: ...")
+    asked[i].results      # the ChatResult of each attempt (1 or 2)
+
+The client that sends requests (cache, retries, concurrency, budget, backends) is ``llm.LLM``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+LOCAL_API_KEY = "sk-local"  # the embedded and loopback servers check no key, but the openai client needs one
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat completion, or with ``prompt`` a raw text completion (/completions: base models have no chat
+    template, and MWPBench's official driver sends them the bare Alpaca prompt). response_format in llama.cpp form:
+    {"type": "json_object"[, "schema": {...}]}."""
+
+    messages: list[dict] = field(default_factory=list)
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: list[str] | None = None
+    response_format: dict | None = None
+    prompt: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The endpoint, relative to the base URL."""
+        return "/chat/completions" if self.prompt is None else "/completions"
+
+    def key(self, model: str) -> str:
+        """Cache key: sha256 of the canonical JSON of everything that determines the answer."""
+        parts = [
+            model,
+            self.messages,
+            self.temperature,
+            self.max_tokens,
+            self.seed,
+            self.stop,
+            self.response_format,
+        ]
+        if self.prompt is not None:  # chat keys stay as they always were
+            parts.append({"prompt": self.prompt})
+        blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """The outcome of one ChatRequest: text on success, error (a readable message) on failure."""
+
+    key: str
+    text: str | None = None
+    error: str | None = None
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    attempts: int = 0  # HTTP attempts made for it by this call (0 when cached)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def request_body(req: ChatRequest, model: str, style: Literal["openai", "llama_cpp"] = "openai") -> dict:
+    """The body of a request (for req.path). A JSON schema goes in llama.cpp's form ({"type": "json_object",
+    "schema": ...}) to the embedded server and in OpenAI's ({"type": "json_schema", ...}) to everything else."""
+    body: dict[str, Any] = {"model": model}
+    body.update({"messages": req.messages} if req.prompt is None else {"prompt": req.prompt})
+    body.update(temperature=req.temperature, max_tokens=req.max_tokens)
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.stop:
+        body["stop"] = req.stop
+    if rf := req.response_format:
+        if style == "openai" and rf.get("type") == "json_object" and "schema" in rf:
+            rf = {"type": "json_schema", "json_schema": {"name": "reply", "schema": rf["schema"]}}
+        body["response_format"] = rf
+    return body
+
+
+_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)
+_DECODER = json.JSONDecoder(strict=False)
+
+
+def reply_text(choice: dict) -> str | None:
+    """The text of one choice of a chat or a text completion."""
+    if "message" in choice:
+        return choice["message"].get("content") if isinstance(choice["message"], dict) else None
+    return choice.get("text")
+
+
+def parse_json_reply(text: str | None) -> dict | None:
+    """The first JSON object in a model reply (inside code fences if any), or None. Raw newlines are allowed."""
+    if not text:
+        return None
+    for chunk in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
+        i = chunk.find("{")
+        while i != -1:
+            try:
+                obj, _ = _DECODER.raw_decode(chunk, i)
+                if isinstance(obj, dict):
+                    return obj
+            except json.JSONDecodeError:
+                pass
+            i = chunk.find("{", i + 1)
+    return None
+
+
+# ---- ask, validate, retry once --------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Unusable(ValueError):
+    """Raised by a parser: the reply arrived but cannot be used; the message says why (it goes into the retry)."""
+
+
+class Sender(Protocol):
+    def chat_many(self, requests: Sequence[ChatRequest], desc: str = "") -> list[ChatResult]: ...
+
+
+@dataclass
+class Asked(Generic[T]):
+    """One request's outcome after at most two attempts."""
+
+    value: T | None = None
+    problem: str | None = None  # why value is None: the parser's message, or "request failed: ..."
+    first_problem: str | None = None  # why the first reply was not used (what triggered the retry)
+    results: list[ChatResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    @property
+    def failed(self) -> bool:
+        """The last attempt never got a reply (transport error, budget): not the model's fault."""
+        return bool(self.results) and not self.results[-1].ok
+
+
+def ask_validated(
+    llm: Sender,
+    requests: Sequence[ChatRequest],
+    parse: Callable[[ChatResult, ChatResult | None], T],
+    fix: Callable[[ChatRequest, ChatResult, str], ChatRequest],
+    desc: str = "",
+) -> list[Asked[T]]:
+    """Ask every request; parse each reply with ``parse(result, first_result)`` (first_result is None on the first
+    attempt); a reply the parser rejects with ``Unusable`` is asked again once with ``fix(request, result,
+    problem)``. A request that fails (no reply) is not retried here: the client already retried it."""
+    out: list[Asked[T]] = [Asked() for _ in requests]
+    retry: list[tuple[int, ChatRequest]] = []
+    for i, (req, res) in enumerate(zip(requests, llm.chat_many(list(requests), desc=desc), strict=True)):
+        _take(out[i], res, None, parse)
+        if out[i].problem is not None and res.ok:
+            out[i].first_problem = out[i].problem
+            retry.append((i, fix(req, res, out[i].problem)))
+    if retry:
+        again = llm.chat_many([r for _, r in retry], desc=f"{desc} (retry)" if desc else "retry")
+        for (i, _), res in zip(retry, again, strict=True):
+            _take(out[i], res, out[i].results[0], parse)
+    return out
+
+
+def _take(a: Asked, res: ChatResult, first: ChatResult | None, parse: Callable) -> None:
+    a.results.append(res)
+    if not res.ok:
+        a.value, a.problem = None, f"request failed: {res.error}"
+        return
+    try:
+        a.value, a.problem = parse(res, first), None
+    except Unusable as e:
+        a.value, a.problem = None, str(e)

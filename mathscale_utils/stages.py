@@ -1,0 +1,240 @@
+"""The six stages of MathScale, each a function ``run(P) -> summary`` that does the stage's work and writes its files.
+
+    from mathscale_utils import stages
+    from mathscale_utils.params import load_params
+    P = load_params("params/smoke.yaml")
+    stages.run(P, "01")                  # or stages.extract(P): the same function the notebook and the chain call
+
+The chain executes each stage's notebook with papermill, and the notebook calls its function here in one cell, then
+shows what it wrote; ``python -m mathscale_utils.chain PARAMS --engine python`` calls the functions directly. Either
+way the same code runs and the same files come out: ``artifacts.STAGES`` names each stage's notebook, outputs and
+the summary it writes last, which is also what it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from mathscale_utils import (
+    compose,
+    concepts,
+    dataset_card,
+    dataset_stats,
+    filters,
+    mwpbench,
+    paper_tables,
+    views,
+)
+from mathscale_utils import finetune as ft
+from mathscale_utils import generate as gen
+from mathscale_utils import graph as cg
+from mathscale_utils import scaling as sc
+from mathscale_utils.artifacts import stage
+from mathscale_utils.benchmarks import availability, read_fresh_gaokao
+from mathscale_utils.io import DataError, read_json, read_jsonl, write_json, write_jsonl
+from mathscale_utils.llm import LLM
+from mathscale_utils.params import Params, resolve_path
+from mathscale_utils.seeds import load_seeds
+from mathscale_utils.serve import can_convert, compare, convert_adapter_to_gguf, student_llm
+
+Log = Callable[[str], None]
+COMPARED_MODELS = ["MathScale-7B", "MetaMath-7B", "LLaMA-2 7B base", "Mistral 7B base", "MathScale-Mistral"]
+
+
+def _save(fig: Any, path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def extract(P: Params, log: Log = print) -> dict:
+    """01 (§3.1): the teacher names the topics and knowledge points of every seed question; concepts seen in fewer
+    than extract.min_count seeds are dropped. Also extracts a sample of test questions, for stage 06's coverage."""
+    cfg, run = P.extract, P.run
+    seeds, warnings = load_seeds(cfg.seeds, P.data_dir)
+    for w in warnings:
+        log(f"warning: {w}")
+    test = _coverage_sample(P, log)
+    with LLM.for_stage(P, stage("01").label) as llm:
+        extractions = concepts.extract(seeds, llm, cfg)
+        if test:
+            write_jsonl(run.test_concepts, concepts.to_rows(concepts.extract(test, llm, cfg), min_count=1))
+        usage = llm.usage()
+    write_jsonl(run.concepts, concepts.to_rows(extractions, cfg.min_count))
+    table = concepts.frequency_table(extractions, cfg.min_count)
+    pd.DataFrame(table, columns=["type", "concept", "count", "kept"]).to_csv(
+        run.concept_frequencies, index=False
+    )
+    _save(concepts.plot_top_concepts(table, cfg.min_count), run.top_concepts_png)
+    summary = {
+        **concepts.summary(extractions, cfg.min_count),
+        "test_questions": len(test),
+        "warnings": warnings,
+    }
+    write_json(run.extract_summary, {**summary, "llm": usage})
+    log(f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
+        f"{summary['knowledge_points_after_filter']} knowledge points kept")  # fmt: skip
+    return {**summary, "llm": usage}
+
+
+def _coverage_sample(P: Params, log: Log) -> list:
+    """The first extract.coverage_sample items stage 05 will score (none without the benchmark files)."""
+    if not P.extract.coverage_sample:
+        return []
+    try:
+        records, _ = mwpbench.select_records(P.evaluate, P.data_dir, P.seed)
+    except (DataError, OSError, ValueError) as e:
+        log(f"coverage sample skipped: {e}")
+        return []
+    return records[: P.extract.coverage_sample]
+
+
+def graph(P: Params, log: Log = print) -> dict:
+    """02 (§3.2): the concept graph from co-occurrence, its views, and random walks that compose concept sets."""
+    run = P.run
+    if not run.concepts.exists():
+        raise DataError(f"{run.concepts}: file not found; run stage 01 first")
+    rows = read_jsonl(run.concepts)
+    G = cg.build_graph(rows, P.graph)
+    cg.save_graph(G, run)
+    comps = compose.compose(G, P.compose, seed=P.seed)
+    compose.write_compositions(comps, run)
+    view_seed = P.views.seed if P.views.seed is not None else P.seed
+    walk = comps.record(0) if len(comps) else None
+    written = views.write_views(G, run, cg.question_index(rows), walk, P.views, view_seed)
+    _save(cg.degree_distribution_figure(G), run.degree_png)
+    _save(cg.topic_kp_heatmap(cg.topic_kp_matrix(G, n_topics=15, n_kps=25)), run.heatmap_png)
+    summary = {**cg.graph_summary(G), "compositions": comps.stats, "views": sorted(written)}
+    write_json(run.graph_summary, summary)
+    counts = cg.type_counts(G)
+    log(f"graph: {counts['nodes']} nodes, {counts['edges']} edges; {len(comps)} compositions")
+    return summary
+
+
+def generate(P: Params, log: Log = print) -> dict:
+    """03 (§3.3): the teacher writes a question and solution for each composition, with the two seeds nearest in
+    knowledge points as examples; look-alikes of MWPBench test questions and near-duplicates are removed."""
+    cfg, run = P.generate, P.run
+    t0 = time.perf_counter()
+    seeds, comps = gen.load_inputs(run)
+    comps = gen.select_compositions(comps, cfg)
+    index = gen.FewShotIndex(seeds)
+    est = gen.estimate_cost(cfg, P.llm, len(comps), gen.mean_prompt_chars(comps, index, cfg, P.seed))
+    log(f"estimate: {est['calls']} calls, {est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} "
+        f"completion tokens, ${est['cost_usd']}")  # fmt: skip
+    with LLM.for_stage(P, stage("03").label) as llm:
+        raw = gen.generate_shards(run, comps, index, llm, cfg, seed=P.seed, log=log)
+        checks = filters.check_answers(raw, llm, cfg, P.seed) if cfg.answer_check else None
+        usage = llm.usage()
+    items, notes = (
+        filters.load_test_questions(P.data_dir, cfg.decontam_official_file, cfg.decontam_datasets)
+        if cfg.decontaminate
+        else ([], [])
+    )
+    asm = filters.filter_and_assemble(raw, seeds, cfg, P.llm.model, items, notes, checks, log=log,
+                                      n_compositions=len(comps))  # fmt: skip
+    _save(dataset_stats.plot_funnel(asm.funnel), run.funnel_png)
+    extra = {"seconds": round(time.perf_counter() - t0, 2), **dataset_card.batch_summary(run)}
+    summary = dataset_card.export(run, asm, cfg, P.llm, seeds, P.seed, est, usage, extra)
+    for step, kept, removed in asm.funnel:
+        log(f"{step:<45} kept {kept:>8}  removed {removed:>8}")
+    return summary
+
+
+def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict:
+    """04 (§4.1): LoRA (CPU) or QLoRA (GPU) on MathScaleQA; then the adapter in llama.cpp's form and the held-out
+    questions answered before and after, through the embedded server, when the base is an embedded model."""
+    cfg, run = P.finetune, P.run
+    card = ft.train(cfg, run, callbacks=callbacks)
+    log(
+        f"loss {card['initial_loss']} -> {card['final_loss']} in {card['steps']} steps, {card['wall_time_s']} s"
+    )
+    if can_convert(cfg.base_model):
+        convert_adapter_to_gguf(run.adapter, cfg.base_model)
+        compare(P)
+        log(
+            f"{run.adapter_gguf.name} written; {cfg.eval_holdout} held-out questions answered before and after"
+        )
+    else:
+        log("no llama.cpp form of the adapter (needs an embedded base and `python -m mathscale_utils.serve "
+            "setup-converter`): serve it with vLLM for stage 05 (evaluate.model, evaluate.base_url)")  # fmt: skip
+    return card
+
+
+def evaluate(P: Params, log: Log = print) -> dict:
+    """05 (§2, §4.2): the student answers MWPBench; the paper's judge and the strict judge score each answer."""
+    cfg, run = P.evaluate, P.run
+    llm_cfg, why = student_llm(P)
+    log(f"model: {llm_cfg.model} ({why})")
+    official = resolve_path(cfg.official_test_file) if cfg.official_test_file else None
+    avail = availability(
+        "test", P.data_dir, official, include_fresh=True, extra_keywords=cfg.mc_extra_keywords
+    )
+    records, warnings = mwpbench.select_records(cfg, P.data_dir, P.seed)
+    for w in warnings:
+        log(f"warning: {w}")
+    with LLM.for_stage(P, stage("05").label, llm_cfg) as llm:
+        rows = mwpbench.run_eval(records, llm, cfg, run.predictions)
+        usage = llm.usage()
+    metrics = mwpbench.compute_metrics(rows, availability_rows=avail)
+    _save(paper_tables.plot_comparison(paper_tables.comparison_frame(metrics, models=COMPARED_MODELS).iloc[:4]),
+          run.accuracy_png)  # fmt: skip
+    try:
+        fresh = read_fresh_gaokao(P.data_dir)
+    except DataError:
+        fresh = []
+    mwpbench.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
+    out = {"config": cfg.model_dump(), "model": llm_cfg.model, "adapter": llm_cfg.lora_path, "why": why,
+           "warnings": warnings, "llm": usage, **metrics}  # fmt: skip
+    write_json(run.metrics, out)
+    log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
+        f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
+    return out
+
+
+def scaling(P: Params, log: Log = print) -> dict:
+    """06 (§5): accuracy against training pairs over every run found, the Table 6 ablations, how the concept
+    vocabulary grows with the seeds, how much of the test questions' concepts the data covers, and the cost."""
+    run = P.run
+    runs_dir = resolve_path(P.scaling.runs_dir or P.outputs_dir)
+    runs = sc.collect_runs(runs_dir)
+    evaluated = sc.curve_runs(runs)
+    _save(sc.plot_curves(evaluated), run.scaling_png)
+    curve = sc.scaling_frame(evaluated, "paper")
+    ablation = sc.ablation_table(runs)
+    growth = sc.concept_growth(run.concepts, seed=P.seed, min_count=P.extract.min_count)
+    _save(sc.plot_growth(growth), run.concept_growth_png)
+    coverage = {}
+    if run.test_concepts.exists() and run.mathscaleqa.exists():
+        train = [r for r in read_jsonl(run.mathscaleqa) if r.get("source") == "generated"]
+        coverage = sc.concept_coverage(read_jsonl(run.test_concepts), train)
+    cost = sc.cost_table(runs, target_pairs=P.scaling.target_pairs)
+    cost = cost[cost["calls_03"].fillna(0) > 0] if not cost.empty else cost
+    summary = {
+        "runs_dir": str(runs_dir),
+        "runs": runs[[c for c in sc.RUN_COLUMNS if c in runs]].to_dict(orient="records"),
+        "curve": curve.to_dict(orient="records"),
+        "ablation": ablation.reset_index().to_dict(orient="records") if not ablation.empty else [],
+        "concept_growth": growth.to_dict(orient="records"),
+        "coverage": coverage,
+        "cost": cost.to_dict(orient="records") if not cost.empty else [],
+    }
+    write_json(run.scaling_summary, summary)
+    log(f"{len(runs)} run(s) under {runs_dir}, {len(evaluated)} on the curve")
+    return summary
+
+
+def run(P: Params, stage_id: str, log: Log = print) -> dict:
+    """Run one stage by id ("01" ... "06"); returns its summary."""
+    return globals()[stage(stage_id).name](P, log=log)
+
+
+def summary_of(P: Params, stage_id: str) -> dict:
+    """The summary a stage wrote last (its return value), read back from the run directory."""
+    return read_json(getattr(P.run, stage(stage_id).summary))
