@@ -25,12 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mathscale_utils import stages
 from mathscale_utils.artifacts import STAGE_IDS, RunDir, stage
-from mathscale_utils.io import read_json, write_json, write_text
-from mathscale_utils.params import ROOT, Params, ParamsError, load_params, parse_params, resolve_path
+from mathscale_utils.io import Locked, locked, read_json, write_json, write_text
+from mathscale_utils.params import (
+    ROOT,
+    Params,
+    ParamsError,
+    duplicate_keys,
+    load_params,
+    parse_params,
+    resolve_path,
+    safe_name,
+)
 
 KERNEL = "mathscale"
 ENGINES = ("notebook", "python")
@@ -147,6 +156,35 @@ def check_outputs(stage_id: str, run_dir: Path, started: float) -> None:
         raise StageFailed(f"stage {stage_id} ended without writing {', '.join(missing)}")
 
 
+def stage_counts(run_dir: Path, stage_id: str, started: float, entry: dict) -> dict:
+    """What the manifest records about a stage's LLM work: its items' counts (ok, failed, stopped by budget) from
+    the summary it wrote in this run, and tokens per second of wall time from its usage."""
+    out: dict = {}
+    summary = getattr(RunDir(run_dir), stage(stage_id).summary)
+    if summary.exists() and summary.stat().st_mtime >= started - 1:
+        try:
+            if counts := read_json(summary).get("requests"):
+                out["requests"] = counts
+        except (ValueError, OSError):
+            pass
+    tokens = sum(
+        entry.get("llm", {}).get("session", {}).get(k, 0) for k in ("prompt_tokens", "completion_tokens")
+    )
+    if tokens and entry.get("wall_s"):
+        out["tokens"] = tokens
+        out["tokens_per_s"] = round(tokens / entry["wall_s"], 1)
+    return out
+
+
+def _describe_counts(entry: dict) -> str:
+    parts = []
+    if r := entry.get("requests"):
+        parts.append(f"{r['ok']} ok, {r['failed']} failed, {r['budget_stopped']} stopped by budget")
+    if entry.get("tokens"):
+        parts.append(f"{entry['tokens']:,} tokens, {entry['tokens_per_s']:g} tokens/s")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def run_chain(
     params_file: str | Path, only: str | None = None, start: str | None = None, engine: str = "notebook"
 ) -> dict:
@@ -156,8 +194,18 @@ def run_chain(
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
     stages = select_stages(params, only, start)
+    run = params.run
+    if run.notebooks.resolve() == (ROOT / "notebooks").resolve():
+        raise ParamsError(f"run directory {run.root} would write executed notebooks over the committed ones")
+    run.root.mkdir(parents=True, exist_ok=True)
+    cache = Path(params.llm_cache_dir)
+    with locked(run.lock, f"run directory {run.root}"), locked(cache / ".lock", f"LLM cache {cache}"):
+        return _run_stages(params, params_file, stages, engine)
+
+
+def _run_stages(params: Params, params_file: Path, stages: list[str], engine: str) -> dict:
+    """run_chain's loop, under the run's locks."""
     run_dir = params.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     previous = read_json(manifest_path) if manifest_path.exists() else {}
     manifest = {
@@ -199,9 +247,10 @@ def run_chain(
         finally:
             entry["wall_s"] = round(time.perf_counter() - t0, 2)
             entry["llm"] = stage_usage(run_dir, sid)
+            entry.update(stage_counts(run_dir, sid, started, entry))
             manifest["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json(manifest_path, manifest)
-        print(f"[chain] stage {sid}: ok in {entry['wall_s']} s", flush=True)
+        print(f"[chain] stage {sid}: ok in {entry['wall_s']} s{_describe_counts(entry)}", flush=True)
     manifest["status"] = "ok"
     write_json(manifest_path, manifest)
     return manifest
@@ -211,6 +260,7 @@ class SweepSetting(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    _name = field_validator("name")(safe_name)
     set: dict[str, Any] = Field(default_factory=dict)  # dotted keys, e.g. {"generate.n_questions": 64}
 
 
@@ -224,6 +274,8 @@ class Sweep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sweep_name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+
+    _sweep_name = field_validator("sweep_name")(safe_name)
     base: str
     cache_dir: str | None = None  # default outputs/<sweep>/cache; another run's cache reuses its calls
     common: dict[str, Any] = Field(default_factory=dict)  # dotted keys set in every setting (before its own)
@@ -246,7 +298,11 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     with write=False only validate them and return the paths they would have."""
     sweep_file = resolve_path(sweep_file)
     try:
-        sweep = Sweep.model_validate(yaml.safe_load(sweep_file.read_text(encoding="utf-8")))
+        text = sweep_file.read_text(encoding="utf-8")
+        if dups := duplicate_keys(yaml.compose(text)):
+            raise ParamsError("; ".join(f"{sweep_file}:{ln}: key '{k}': given twice (first on line {f})"
+                                        for k, ln, f in dups))  # fmt: skip
+        sweep = Sweep.model_validate(yaml.safe_load(text))
     except (ValidationError, yaml.YAMLError, OSError) as e:
         raise ParamsError(f"{sweep_file}: invalid sweep file: {e}") from None
     base_file = resolve_path(sweep.base)
@@ -312,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except StageFailed as e:
+    except (StageFailed, Locked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"[chain] done: {Path(manifest['params_file']).name} -> {manifest['run_dir']}")

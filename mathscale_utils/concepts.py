@@ -111,6 +111,7 @@ class Extraction:
     knowledge_points: list[str] = field(default_factory=list)
     error: str | None = None
     attempts: int = 0
+    failed: bool = False  # the request itself failed (no reply to parse), as opposed to an unusable reply
 
 
 def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extraction]:
@@ -133,6 +134,7 @@ def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extract
             ex.topics, ex.knowledge_points = a.value
         elif a.failed:
             ex.error = f"{'retry' if len(a.results) > 1 else 'request'} failed: {a.results[-1].error}"
+            ex.failed = True
         else:
             ex.error = a.problem
         out.append(ex)

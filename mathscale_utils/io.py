@@ -1,12 +1,15 @@
-"""The one artifact writer/reader: atomic JSON/JSONL writes, crash-safe appends, line-numbered JSONL errors."""
+"""The one artifact writer/reader: atomic JSON/JSONL writes, crash-safe appends, line-numbered JSONL errors, and the
+lock file that keeps two chains off one run directory."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,26 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line and the problem."""
 
 
+class Locked(RuntimeError):
+    """Another process holds the lock (a second chain on the same run directory or cache)."""
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+FILE_MODE = (
+    0o666 & ~_umask()
+)  # what open() gives a new file: atomic writes get the same mode, not mkstemp's 0600
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -110,3 +129,27 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(8 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextmanager
+def locked(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` while the block runs; if another process holds it, raise Locked at once
+    (naming `what` and the holder's pid) instead of waiting. The kernel drops the lock when its holder dies, even
+    by kill -9, so a stale lock file never blocks a later run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise Locked(f"{what} is in use by another process (pid {holder}); wait for it to end") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

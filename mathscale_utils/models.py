@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathscale_utils.io import read_json, sha256_file, write_json
+from mathscale_utils.io import FILE_MODE, read_json, sha256_file, write_json
 
 
 class ModelError(RuntimeError):
@@ -203,6 +203,7 @@ def ensure_model(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.filename}.", suffix=".part")
+    os.fchmod(fd, FILE_MODE)
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:

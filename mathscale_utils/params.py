@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mathscale_utils.artifacts import STAGE_IDS, RunDir
 from mathscale_utils.templates import PAPER_MAX_TOKENS, STOP_STRINGS, TemplateName
@@ -24,6 +24,14 @@ PAPER_PAIRS = 2_000_000  # MathScaleQA's generated pairs (paper §4.1)
 
 class ParamsError(ValueError):
     """A params file that cannot be used; the message names the file, the key and the line."""
+
+
+def safe_name(name: str) -> str:
+    """A run, sweep or setting name: becomes a directory under outputs_dir, so never "." or ".." (which would make
+    the repository itself the run directory and let executed notebooks overwrite the committed ones)."""
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a name (it would write outside the outputs folder)")
+    return name
 
 
 # ---- sections -----------------------------------------------------------------------------------------------
@@ -72,6 +80,13 @@ class LLMConfig(BaseModel):
         "chat", description="chat: live requests; batch: the provider's Batch API (half price, up to 24 h)"
     )
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    allowed_failures: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of a stage's requests that may fail (or be stopped by the budget) "
+        "before the stage fails; 0: any failure fails the stage, which then says how to resume",
+    )
 
 
 class SeedsConfig(BaseModel):
@@ -99,6 +114,12 @@ class SeedsConfig(BaseModel):
         "larger one's seeds, and the datasets filter keeps the same order, so ablations compare subsets)",
     )
     sample_seed: int = Field(0, description="seed of that sample")
+
+    @model_validator(mode="after")
+    def _jsonl_needs_a_path(self) -> SeedsConfig:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("source 'jsonl' needs 'path' (your JSON Lines file of seed questions)")
+        return self
 
 
 class ExtractConfig(BaseModel):
@@ -378,6 +399,8 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+
+    _run_name = field_validator("run_name")(safe_name)
     seed: int = 0
     outputs_dir: str = "outputs"
     cache_dir: str | None = None  # LLM response cache; default <run_dir>/cache (a sweep shares one)
@@ -448,6 +471,24 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str, int, int]]:
+    """(dotted key, line, line of its first occurrence) for every key given twice in one mapping: YAML loaders
+    silently keep the last one, so a forgotten older setting would win unseen."""
+    out: list[tuple[str, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key = f"{path}.{k.value}" if path else str(k.value)
+            if k.value in seen:
+                out.append((key, k.start_mark.line + 1, seen[k.value]))
+            seen.setdefault(k.value, k.start_mark.line + 1)
+            out += duplicate_keys(v, key)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += duplicate_keys(v, f"{path}.{i}")
+    return out
+
+
 def parse_params(text: str, source: str = "<params>") -> Params:
     """Validate params from YAML text; raise ParamsError listing every problem with key and line."""
     try:
@@ -459,6 +500,11 @@ def parse_params(text: str, source: str = "<params>") -> Params:
         raise ParamsError(f"{source}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: expected a mapping of keys at the top level")
+    if dups := duplicate_keys(node):
+        msgs = [
+            f"{source}:{line}: key '{key}': given twice (first on line {first})" for key, line, first in dups
+        ]
+        raise ParamsError("invalid params:\n  " + "\n  ".join(msgs))
     try:
         params = Params.model_validate(data)
     except ValidationError as e:

@@ -23,8 +23,13 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 
 def _tolerant_rows(path: Path) -> Iterable[tuple[int, Any, str | None]]:
     """(line number, parsed object or None, error) for every non-blank line: bad lines are reported, not raised."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield i, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                continue
             if not line.strip():
                 continue
             try:

@@ -129,14 +129,15 @@ def compare(P: Params, n: int | None = None) -> list[dict]:
     held = held[: n or cfg.eval_holdout]
     reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
     base_cfg = LLMConfig(model=cfg.base_model, concurrency=1, n_ctx=P.llm.n_ctx, n_threads=P.llm.n_threads)
-    answers = []
+    answers, errors = [], []
     for lora in (None, run.adapter_gguf):
-        with LLM.for_stage(
-            P, stage("04").label, base_cfg.model_copy(update={"lora_path": lora and str(lora)})
-        ) as llm:
-            answers.append([(r.text or f"(request failed: {r.error})").strip() for r in llm.chat_many(reqs)])
-    out = [{"id": r.get("id"), "question": r["question"], "reference": r.get("answer"), "base": b, "tuned": t}
-           for r, b, t in zip(held, *answers, strict=True)]  # fmt: skip
+        student = base_cfg.model_copy(update={"lora_path": lora and str(lora)})
+        with LLM.for_stage(P, stage("04").label, student) as llm:
+            results = llm.chat_many(reqs)
+        answers.append([(r.text or f"(request failed: {r.error})").strip() for r in results])
+        errors.append([r.error for r in results])
+    out = [{"id": r.get("id"), "question": r["question"], "reference": r.get("answer"), "base": b, "tuned": t,
+            "errors": [e for e in es if e]} for r, b, t, *es in zip(held, *answers, *errors, strict=True)]  # fmt: skip
     write_jsonl(run.before_after, out)
     return out
 

@@ -14,7 +14,7 @@ the summary it writes last, which is also what it returns.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -42,6 +42,39 @@ from mathscale_utils.seeds import load_seeds
 from mathscale_utils.serve import can_convert, compare, convert_adapter_to_gguf, student_llm
 
 Log = Callable[[str], None]
+
+
+class StageError(RuntimeError):
+    """The stage's work failed (too many requests failed, or the budget stopped it); what it finished is saved."""
+
+
+def requests_counts(errors: Iterable[str | None]) -> dict[str, int]:
+    """Items of a stage by the fate of their request: answered, failed, or never sent because of llm.budget_usd."""
+    errors = list(errors)
+    budget = sum(1 for e in errors if e and "budget" in e)
+    failed = sum(1 for e in errors if e) - budget
+    return {"ok": len(errors) - failed - budget, "failed": failed, "budget_stopped": budget}
+
+
+def check_requests(P: Params, sid: str, counts: dict[str, int], example: str | None, log: Log) -> None:
+    """Say the stage's counts; fail it when failures pass llm.allowed_failures, saying why and how to resume."""
+    total, bad = sum(counts.values()), counts["failed"] + counts["budget_stopped"]
+    log(
+        f"requests: {counts['ok']} ok, {counts['failed']} failed, {counts['budget_stopped']} stopped by budget"
+    )
+    if not bad or bad <= P.llm.allowed_failures * total:
+        return
+    why = [f"{counts['failed']} of {total} request(s) failed" if counts["failed"] else "",
+           f"{counts['budget_stopped']} were not sent: llm.budget_usd ({P.llm.budget_usd}) is spent"
+           if counts["budget_stopped"] else ""]  # fmt: skip
+    raise StageError(
+        f"stage {sid}: {'; '.join(w for w in why if w)} (first error: {example}). Answers received are cached and "
+        f"the files written so far are kept: fix the cause, then run the stage again "
+        f"(python -m mathscale_utils.chain {P.source_file or 'PARAMS'} --only {sid}); only the missing requests "
+        "are sent. To accept some failures, set llm.allowed_failures (a share, e.g. 0.05)."
+    )
+
+
 COMPARED_MODELS = ["MathScale-7B", "MetaMath-7B", "LLaMA-2 7B base", "Mistral 7B base", "MathScale-Mistral"]
 
 
@@ -63,24 +96,25 @@ def extract(P: Params, log: Log = print) -> dict:
     test = _coverage_sample(P, log)
     with LLM.for_stage(P, stage("01").label) as llm:
         extractions = concepts.extract(seeds, llm, cfg)
-        if test:
-            write_jsonl(run.test_concepts, concepts.to_rows(concepts.extract(test, llm, cfg), min_count=1))
+        test_extractions = concepts.extract(test, llm, cfg) if test else []
         usage = llm.usage()
+    if test:
+        write_jsonl(run.test_concepts, concepts.to_rows(test_extractions, min_count=1))
     write_jsonl(run.concepts, concepts.to_rows(extractions, cfg.min_count))
     table = concepts.frequency_table(extractions, cfg.min_count)
     pd.DataFrame(table, columns=["type", "concept", "count", "kept"]).to_csv(
         run.concept_frequencies, index=False
     )
     _save(concepts.plot_top_concepts(table, cfg.min_count), run.top_concepts_png)
-    summary = {
-        **concepts.summary(extractions, cfg.min_count),
-        "test_questions": len(test),
-        "warnings": warnings,
-    }
-    write_json(run.extract_summary, {**summary, "llm": usage})
+    errors = [e.error if e.failed else None for e in extractions + test_extractions]
+    counts = requests_counts(errors)
+    summary = {**concepts.summary(extractions, cfg.min_count), "test_questions": len(test), "warnings": warnings,
+               "requests": counts, "llm": usage}  # fmt: skip
+    write_json(run.extract_summary, summary)
     log(f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
         f"{summary['knowledge_points_after_filter']} knowledge points kept")  # fmt: skip
-    return {**summary, "llm": usage}
+    check_requests(P, "01", counts, next((e for e in errors if e), None), log)
+    return summary
 
 
 def _coverage_sample(P: Params, log: Log) -> list:
@@ -131,7 +165,11 @@ def generate(P: Params, log: Log = print) -> dict:
     with LLM.for_stage(P, stage("03").label) as llm:
         raw = gen.generate_shards(run, comps, index, llm, cfg, seed=P.seed, log=log)
         checks = filters.check_answers(raw, llm, cfg, P.seed) if cfg.answer_check else None
-        usage = llm.usage()
+        usage, out_of_budget = llm.usage(), llm.budget_exhausted
+    unreached = len(comps) - len(raw)  # shards not started: the budget ran out, or Batch API jobs still run
+    errors = [r["reason"] if r["status"] == "error" else None for r in raw]
+    errors += [c["error"] for c in (checks or {}).values()]
+    counts = requests_counts(errors + ["budget exceeded" if out_of_budget else None] * unreached)
     items, notes = (
         filters.load_test_questions(P.data_dir, cfg.decontam_official_file, cfg.decontam_datasets)
         if cfg.decontaminate
@@ -140,10 +178,16 @@ def generate(P: Params, log: Log = print) -> dict:
     asm = filters.filter_and_assemble(raw, seeds, cfg, P.llm.model, items, notes, checks, log=log,
                                       n_compositions=len(comps))  # fmt: skip
     _save(dataset_stats.plot_funnel(asm.funnel), run.funnel_png)
-    extra = {"seconds": round(time.perf_counter() - t0, 2), **dataset_card.batch_summary(run)}
+    pending = 0 if out_of_budget else unreached
+    extra = {"seconds": round(time.perf_counter() - t0, 2), "requests": counts, "batch_pending": pending,
+             **dataset_card.batch_summary(run)}  # fmt: skip
     summary = dataset_card.export(run, asm, cfg, P.llm, seeds, P.seed, est, usage, extra)
     for step, kept, removed in asm.funnel:
         log(f"{step:<45} kept {kept:>8}  removed {removed:>8}")
+    if pending:
+        raise StageError(f"stage 03: {pending} composition(s) wait for Batch API jobs still running at the provider "
+                         f"(see {run.batches}); run the stage again later to collect them")  # fmt: skip
+    check_requests(P, "03", counts, next((e for e in errors if e), None), log)
     return summary
 
 
@@ -157,10 +201,12 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
     )
     if can_convert(cfg.base_model):
         convert_adapter_to_gguf(run.adapter, cfg.base_model)
-        compare(P)
-        log(
-            f"{run.adapter_gguf.name} written; {cfg.eval_holdout} held-out questions answered before and after"
-        )
+        rows = compare(P)
+        log(f"{run.adapter_gguf.name} written; {len(rows)} held-out questions answered before and after")
+        errors = [e for r in rows for e in r["errors"]]
+        card = {**card, "requests": requests_counts(errors + [None] * (2 * len(rows) - len(errors)))}
+        write_json(run.training_card, card)
+        check_requests(P, "04", card["requests"], next(iter(errors), None), log)
     else:
         log("no llama.cpp form of the adapter (needs an embedded base and `python -m mathscale_utils.serve "
             "setup-converter`): serve it with vLLM for stage 05 (evaluate.model, evaluate.base_url)")  # fmt: skip
@@ -183,6 +229,7 @@ def evaluate(P: Params, log: Log = print) -> dict:
         rows = mwpbench.run_eval(records, llm, cfg, run.predictions)
         usage = llm.usage()
     metrics = mwpbench.compute_metrics(rows, availability_rows=avail)
+    counts = requests_counts(r["error"] for r in rows)
     _save(paper_tables.plot_comparison(paper_tables.comparison_frame(metrics, models=COMPARED_MODELS).iloc[:4]),
           run.accuracy_png)  # fmt: skip
     try:
@@ -191,10 +238,11 @@ def evaluate(P: Params, log: Log = print) -> dict:
         fresh = []
     mwpbench.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
     out = {"config": cfg.model_dump(), "model": llm_cfg.model, "adapter": llm_cfg.lora_path, "why": why,
-           "warnings": warnings, "llm": usage, **metrics}  # fmt: skip
+           "warnings": warnings, "requests": counts, "llm": usage, **metrics}  # fmt: skip
     write_json(run.metrics, out)
     log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
         f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
+    check_requests(P, "05", counts, next((r["error"] for r in rows if r["error"]), None), log)
     return out
 
 

@@ -403,11 +403,16 @@ def test_generation_waits_for_running_jobs_without_live_calls(tmp_path):
             decontaminate=False,
             llm={"backend": "batch", "batch": {"poll_s": 0, "max_wait_s": 0}},
         )
-        s1 = stages.generate(load_params(params), log=lambda s: None)
+        with pytest.raises(stages.StageError, match="still running"):  # the stage is not done: it says so
+            stages.generate(load_params(params), log=lambda s: None)
+        s1 = read_json(load_params(params).run.generate_summary)  # and what it has is written
         assert api.calls["chat"] == 0 and api.calls["batches.create"] == 1
         assert s1["funnel"][1] == {"step": "reached (run stopped early)", "kept": 0, "removed": 5}
+        assert s1["batch_pending"] == 5
         api.hold = False
-        s2 = stages.generate(load_params(params), log=lambda s: None)  # one poll: still running
+        with pytest.raises(stages.StageError, match="still running"):  # one poll: still running
+            stages.generate(load_params(params), log=lambda s: None)
+        s2 = read_json(load_params(params).run.generate_summary)
         assert s2["funnel"][1]["step"].startswith("reached") and api.calls["chat"] == 0
         params.write_text(params.read_text().replace('"max_wait_s": 0', '"max_wait_s": null'))
         s2 = stages.generate(load_params(params), log=lambda s: None)

@@ -334,8 +334,10 @@ def test_load_seeds_errors(tmp_path):
     empty = _write_jsonl(tmp_path / "empty.jsonl", ["{bad", json.dumps({"x": 1})])
     with pytest.raises(DataError, match="no usable seed"):
         load_seeds(SeedsConfig(source="jsonl", path=str(empty)), None)
-    with pytest.raises(DataError, match="needs 'path'"):
-        load_seeds(SeedsConfig(source="jsonl"), None)
+    with pytest.raises(
+        ValueError, match="needs 'path'"
+    ):  # refused when the params load, before any stage runs
+        SeedsConfig(source="jsonl")
     with pytest.raises(DataError, match="not found"):
         load_seeds(SeedsConfig(source="jsonl", path=str(tmp_path / "nope.jsonl")), None)
     with pytest.raises(DataError, match="data folder"):

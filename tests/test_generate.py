@@ -552,8 +552,10 @@ def test_transport_errors_leave_the_shard_unfinished(tmp_path, no_data_env):
 
     with FakeOpenAI(answer=scripted_generation, fault=fault) as fake:
         params = make_run(tmp_path, fake.base_url, ["ok", "broken", "ok", "ok", "ok"], decontaminate=False)
-        s1 = stages.generate(load_params(params), log=lambda s: None)
-        assert s1["errors"] and s1["funnel"][1]["removed"] == 1
+        with pytest.raises(stages.StageError, match="1 of 5 request"):  # a failed request fails the stage
+            stages.generate(load_params(params), log=lambda s: None)
+        s1 = read_json(load_params(params).run.generate_summary)  # and what it did is written
+        assert s1["errors"] and s1["funnel"][1]["removed"] == 1 and s1["requests"]["failed"] == 1
         fails["on"] = False
         before = fake.total_completed
         s2 = stages.generate(load_params(params), log=lambda s: None)
@@ -633,9 +635,11 @@ def test_budget_stops_the_run_and_a_rerun_continues(tmp_path, no_data_env):
     with FakeOpenAI(answer=scripted_generation) as fake:
         prices = {"price_prompt_per_1m": 1000.0, "price_completion_per_1m": 1000.0, "budget_usd": 3.0}
         params = make_run(tmp_path, fake.base_url, ["ok"] * 8, llm=prices, decontaminate=False, shard_size=2)
-        with pytest.warns(UserWarning, match="budget"):
-            s1 = stages.generate(load_params(params), log=lambda s: None)
+        with pytest.warns(UserWarning, match="budget"), pytest.raises(stages.StageError, match="budget_usd"):
+            stages.generate(load_params(params), log=lambda s: None)  # not done: the stage fails, saying why
+        s1 = read_json(load_params(params).run.generate_summary)  # what it made is written
         first = fake.total_completed
+        assert s1["requests"]["budget_stopped"] == 8 - first and s1["requests"]["ok"] == first
         assert 0 < first < 8 and s1["funnel_adds_up"]
         assert s1["funnel"][-1]["kept"] == first
         assert any("budget" in k for k in s1["errors"]) or s1["funnel"][1]["step"].startswith("reached")
