@@ -72,15 +72,10 @@ def extract(P: Params, log: Log = print) -> dict:
         run.concept_frequencies, index=False
     )
     _save(concepts.plot_top_concepts(table, cfg.min_count), run.top_concepts_png)
-    summary = {
-        **concepts.summary(extractions, cfg.min_count),
-        "test_questions": len(test),
-        "warnings": warnings,
-    }
-    write_json(run.extract_summary, {**summary, "llm": usage})
+    summary = concepts.write_summary(run, extractions, cfg.min_count, len(test), warnings, usage)
     log(f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
         f"{summary['knowledge_points_after_filter']} knowledge points kept")  # fmt: skip
-    return {**summary, "llm": usage}
+    return summary
 
 
 def _coverage_sample(P: Params, log: Log) -> list:
@@ -190,9 +185,7 @@ def evaluate(P: Params, log: Log = print) -> dict:
     except DataError:
         fresh = []
     mwpbench.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
-    out = {"config": cfg.model_dump(), "model": llm_cfg.model, "adapter": llm_cfg.lora_path, "why": why,
-           "warnings": warnings, "llm": usage, **metrics}  # fmt: skip
-    write_json(run.metrics, out)
+    out = mwpbench.write_metrics(run, metrics, cfg, llm_cfg.model, llm_cfg.lora_path, why, warnings, usage)
     log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
         f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
     return out
