@@ -185,6 +185,41 @@ def _describe_counts(entry: dict) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+def manifest_for(params: Params, params_file: str | Path | None = None, previous: dict | None = None) -> dict:
+    """manifest.json as a chain starts on params: what ran (params, seed, git, packages) and where, status
+    "running"; the stages a previous manifest recorded are kept, so a resumed run keeps its earlier stages."""
+    return {
+        "run_name": params.run_name,
+        "params_file": str(params_file) if params_file is not None else params.source_file,
+        "params": params.model_dump(mode="json"),
+        "seed": params.seed,
+        "run_dir": str(params.run_dir),
+        "git": git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stages": (previous or {}).get("stages", {}),
+        "status": "running",
+    }
+
+
+def stage_entry(stage_id: str, engine: str) -> dict:
+    """A stage's entry in the manifest as it starts: its notebook, the engine that runs it, status "running"."""
+    return {"notebook": stage(stage_id).notebook, "engine": engine, "status": "running"}
+
+
+def record_stage(entry: dict, status: str | None, wall_s: float, llm: dict, error: str | None = None) -> dict:
+    """Record how a stage ended in its manifest entry: status ("ok" or "failed"; None leaves "running", for an
+    interrupted stage), its error, wall time in seconds and LLM usage (``stage_usage``), which stage 06 reads."""
+    if status is not None:
+        entry["status"] = status
+    if error is not None:
+        entry["error"] = error
+    entry.update(wall_s=wall_s, llm=llm)
+    return entry
+
+
 def run_chain(
     params_file: str | Path, only: str | None = None, start: str | None = None, engine: str = "notebook"
 ) -> dict:
@@ -208,45 +243,32 @@ def _run_stages(params: Params, params_file: Path, stages: list[str], engine: st
     run_dir = params.run_dir
     manifest_path = run_dir / "manifest.json"
     previous = read_json(manifest_path) if manifest_path.exists() else {}
-    manifest = {
-        "run_name": params.run_name,
-        "params_file": str(params_file),
-        "params": params.model_dump(mode="json"),
-        "seed": params.seed,
-        "run_dir": str(run_dir),
-        "git": git_state(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "stages": previous.get("stages", {}),
-        "status": "running",
-    }
+    manifest = manifest_for(params, params_file, previous)
     write_json(manifest_path, manifest)
     kernel = ensure_kernel() if engine == "notebook" else ""
     for sid in stages:
         t0, started = time.perf_counter(), time.time()
-        entry = {"notebook": stage(sid).notebook, "engine": engine, "status": "running"}
+        entry = stage_entry(sid, engine)
         manifest["stages"][sid] = entry
         write_json(manifest_path, manifest)
         print(
             f"[chain] stage {sid}: {stage(sid).notebook if engine == 'notebook' else stage(sid).name} ...",
             flush=True,
         )
+        status, error = None, None  # None: interrupted, the entry stays "running"
         try:
             if engine == "notebook":
                 entry["executed"] = str(run_notebook(sid, params_file, run_dir, kernel))
             else:
                 run_python(sid, params_file)
             check_outputs(sid, run_dir, started)
-            entry["status"] = "ok"
+            status = "ok"
         except StageFailed as e:
-            entry.update(status="failed", error=str(e))
+            status, error = "failed", str(e)
             manifest["status"] = "failed"
             raise
         finally:
-            entry["wall_s"] = round(time.perf_counter() - t0, 2)
-            entry["llm"] = stage_usage(run_dir, sid)
+            record_stage(entry, status, round(time.perf_counter() - t0, 2), stage_usage(run_dir, sid), error)
             entry.update(stage_counts(run_dir, sid, started, entry))
             manifest["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json(manifest_path, manifest)

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-from mathscale_utils.artifacts import Record
+from mathscale_utils.artifacts import Record, RunDir
 from mathscale_utils.chat import ChatRequest, ChatResult, Unusable, ask_validated, parse_json_reply
+from mathscale_utils.io import write_json
 from mathscale_utils.llm import LLM
 from mathscale_utils.params import ExtractConfig
 
@@ -213,6 +217,23 @@ def summary(extractions: list[Extraction], min_count: int) -> dict:
         "topics_after_filter": sum(1 for n in topic_n.values() if n >= min_count),
         "knowledge_points_after_filter": sum(1 for n in kp_n.values() if n >= min_count),
     }
+
+
+def write_summary(
+    run_dir: str | Path,
+    extractions: list[Extraction],
+    min_count: int,
+    test_questions: int = 0,
+    warnings: Sequence[str] = (),
+    usage: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """Write extract_summary.json (stage 01's summary, which stage 06 reads): :func:`summary`'s counts, the test
+    questions extracted for coverage, the seeds' warnings, the LLM usage and anything else the stage records."""
+    out = {**summary(extractions, min_count), "test_questions": test_questions, "warnings": list(warnings),
+           **extra, "llm": usage or {}}  # fmt: skip
+    write_json(RunDir(run_dir).extract_summary, out)
+    return out
 
 
 def plot_top_concepts(table: list[dict], min_count: int, top: int = 15):

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mathscale_utils.artifacts import Record
+from mathscale_utils.artifacts import Record, RunDir
 from mathscale_utils.benchmarks import (
     FRESH_GAOKAO,
     MWPBENCH_DATASETS,
@@ -51,7 +51,7 @@ from mathscale_utils.benchmarks import (
     read_fresh_gaokao,
 )
 from mathscale_utils.chat import ChatRequest
-from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_jsonl, write_text
+from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl, write_text
 from mathscale_utils.judges import JUDGES, judge
 from mathscale_utils.params import EvalConfig, resolve_path
 from mathscale_utils.templates import fill_template
@@ -383,6 +383,25 @@ def compute_metrics(
         out["datasets_missing"] = [d for d in MWPBENCH_DATASETS if st.get(d) == "missing"]
         out["datasets_approximate"] = [d for d in evaluated if st.get(d) == "approximate"]
         out["datasets_exact"] = [d for d in evaluated if st.get(d) == "exact"]
+    return out
+
+
+def write_metrics(
+    run_dir: str | Path,
+    metrics: dict[str, Any],
+    cfg: EvalConfig,
+    model: str | None,
+    adapter: str | None = None,
+    why: str = "",
+    warnings: Sequence[str] = (),
+    usage: dict | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write metrics.json (stage 05's summary, which stage 06 reads): the settings, the student that answered (model,
+    adapter, why that one), warnings, LLM usage and anything else the stage records, then :func:`compute_metrics`."""
+    out = {"config": cfg.model_dump(), "model": model, "adapter": adapter, "why": why, "warnings": list(warnings),
+           **extra, "llm": usage or {}, **metrics}  # fmt: skip
+    write_json(RunDir(run_dir).metrics, out)
     return out
 
 

@@ -108,9 +108,9 @@ def extract(P: Params, log: Log = print) -> dict:
     _save(concepts.plot_top_concepts(table, cfg.min_count), run.top_concepts_png)
     errors = [e.error if e.failed else None for e in extractions + test_extractions]
     counts = requests_counts(errors)
-    summary = {**concepts.summary(extractions, cfg.min_count), "test_questions": len(test), "warnings": warnings,
-               "requests": counts, "llm": usage}  # fmt: skip
-    write_json(run.extract_summary, summary)
+    summary = concepts.write_summary(
+        run, extractions, cfg.min_count, len(test), warnings, usage, requests=counts
+    )
     log(f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
         f"{summary['knowledge_points_after_filter']} knowledge points kept")  # fmt: skip
     check_requests(P, "01", counts, next((e for e in errors if e), None), log)
@@ -237,9 +237,9 @@ def evaluate(P: Params, log: Log = print) -> dict:
     except DataError:
         fresh = []
     mwpbench.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
-    out = {"config": cfg.model_dump(), "model": llm_cfg.model, "adapter": llm_cfg.lora_path, "why": why,
-           "warnings": warnings, "requests": counts, "llm": usage, **metrics}  # fmt: skip
-    write_json(run.metrics, out)
+    out = mwpbench.write_metrics(
+        run, metrics, cfg, llm_cfg.model, llm_cfg.lora_path, why, warnings, usage, requests=counts
+    )
     log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
         f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
     check_requests(P, "05", counts, next((r["error"] for r in rows if r["error"]), None), log)
