@@ -27,7 +27,7 @@ _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_BARE = re.compile(r"\\boxed ([^\s${]+)")
 
 
-def _closing_brace(text: str, start: int) -> int | None:
+def closing_brace(text: str, start: int) -> int | None:
     """Index just after the brace that closes the group opened right before ``start`` (nesting counted)."""
     depth, i = 1, start
     while i < len(text):
@@ -50,7 +50,7 @@ def boxed_spans(text: str) -> list[tuple[str, int, int]]:
     and the bare ``\\boxed 5`` of a few MATH solutions. Unbalanced boxes are skipped; content is stripped."""
     spans = []
     for m in _BOX_OPEN.finditer(text):
-        end = _closing_brace(text, m.end())
+        end = closing_brace(text, m.end())
         if end is not None:
             spans.append((text[m.end() : end - 1].strip(), m.start(), end))
     braced = {s for _, s, _ in spans}
@@ -81,7 +81,8 @@ def find_boxed(text: str) -> str | None:
 # phrase that checks the answer ("Let us check the answer: ...").
 _ANSWER = re.compile(
     r"(?:final\s+answer|answers?)(?:\s+(?:would|will|should)\s+be\b|\s*(?:is|are)\b|\s*[:=])"
-    r"(?![\s*:]*(?:correct|right|wrong|incorrect|indeed|reasonable|consistent|valid|plausible|not|also)\b)[\s*:]*",
+    r"(?![\s*:]*(?:(?:correct|right|wrong|incorrect|indeed|reasonable|consistent|valid|plausible|also)\b|not\s+[\d$\\-]))"
+    r"[\s*:]*",
     re.I,
 )
 # the phrase is the object of a check ("we can verify that the answer is ...", "check the answer: ...")
@@ -92,10 +93,13 @@ _CHECKING = re.compile(
 _HASHES = re.compile(r"^[ \t]*####[ \t]*", re.M)  # the GSM8K final-answer marker
 # where a declared answer ends: a sentence break, a clause that explains it, or the end of the line
 _CLAUSE_END = re.compile(
-    r"\.(?=\s+\S)|\.$|;\s|,\s+(?:since|because|as|which|so|and|but|or|that|where|because)\b"
+    r"\.(?=\s+\S)|\.$|;\s|,\s+(?:since|because|as|which|so|but|that|where|because)\b|,\s+and\s+(?=[a-zA-Z]{2,})"
     r"|\s+(?:since|because|which is|as (?:required|expected|computed|shown))\b|\s+\((?:check|since|because)",
     re.I,
 )
+
+
+_ABBREVIATION = re.compile(r"\b(?:i\.e|e\.g|approx|vs|etc|cf|Mr|Mrs|Ms|Dr|St|No)\.$")
 
 
 def _line_end(text: str, i: int) -> int:
@@ -122,7 +126,7 @@ def _math_ranges(line: str) -> list[tuple[int, int]]:
             j = line.find("\\)" if line[i + 1] == "(" else "\\]", i + 2)
             close = 2
         elif line[i] == "{" and (i == 0 or line[i - 1] != "\\"):
-            end = _closing_brace(line, i + 1)
+            end = closing_brace(line, i + 1)
             j, close = (end - 1, 1) if end else (-1, 0)
         else:
             i += 1
@@ -142,14 +146,15 @@ def declaration_tail(line: str) -> str:
     for m in _CLAUSE_END.finditer(line):
         inside = any(a <= m.start() < b for a, b in ranges)
         decimal = line[m.start()] == "." and m.start() + 1 < len(line) and line[m.start() + 1].isdigit()
-        if not inside and not decimal and m.start() > 0:
+        abbreviation = line[m.start()] == "." and _ABBREVIATION.search(line, 0, m.start() + 1)
+        if not inside and not decimal and not abbreviation and m.start() > 0:
             return line[: m.start()]
     return line
 
 
-def _phrase_answers(text: str) -> list[tuple[int, str, int]]:
-    """``(start, raw answer, end of its line)`` for each answer phrase whose answer is on its line (or, when the
-    phrase ends the line, on the next non-blank line)."""
+def _phrase_answers(text: str) -> list[tuple[int, str, int, int]]:
+    """``(start, raw answer, end of its line, where the answer starts)`` for each answer phrase whose answer is on
+    its line (or, when the phrase ends the line, on the next non-blank line)."""
     out = []
     for m in _ANSWER.finditer(text):
         line_start = text.rfind("\n", 0, m.start()) + 1
@@ -157,37 +162,59 @@ def _phrase_answers(text: str) -> list[tuple[int, str, int]]:
             continue
         eol = _line_end(text, m.end())
         tail = text[m.end() : eol]
+        display = re.match(r"\s*(\$\$|\\\[)\s*$", tail)
+        if display:  # "The answer is $$\n\\frac{1}{2}\n$$": the whole displayed block
+            close = text.find("$$" if display.group(1) == "$$" else "\\]", eol)
+            if close != -1:
+                out.append((m.start(), text[m.end() : close + 2], _line_end(text, close + 2), m.end()))
+                continue
         if not tail.strip():  # "The answer is:\n\n$$42$$"
             nxt = re.compile(r"\n[ \t]*(\S[^\n]*)").search(text, eol)
             if nxt is None or nxt.start() - eol > 3:
                 continue
-            tail, eol = nxt.group(1), nxt.end()
-        out.append((m.start(), declaration_tail(tail), eol))
+            tail, eol, begin = nxt.group(1), nxt.end(), nxt.start(1)
+        else:
+            begin = m.end()
+        out.append((m.start(), declaration_tail(tail), eol, begin))
     for m in _HASHES.finditer(text):
         eol = _line_end(text, m.end())
-        out.append((m.start(), text[m.end() : eol], eol))
+        out.append((m.start(), text[m.end() : eol], eol, m.end()))
     return out
 
 
-def final_answer(text: str) -> tuple[str, int] | None:
+def final_answer(text: str, whole: bool = False) -> tuple[str, int] | None:
     """``(answer, end of the line that states it)`` for the last declared answer, or None when nothing declares one.
 
     A declaration is an answer phrase ("The answer is X", "Final Answer: X", "Answer: X", "#### X") or a box; the
-    later one wins (a self-correction replaces the first answer), and a box inside the phrase's line counts as the
-    phrase ("The answer is $\\boxed{7}$."). Text after the declaration (a check, a restatement, other numbers) does
-    not change the answer. The answer is cleaned with ``clean_answer``.
+    one that starts last wins (a self-correction replaces the first answer; "the answer is $\\boxed{7}$" is the
+    box), except that a phrase after a box that describes rather than states ("The final answer is positive,
+    because ...") does not replace it. Text after the declaration (a check, a restatement, other numbers) does not
+    change the answer. The answer is cleaned with ``clean_answer``.
+
+    ``whole``: a phrase's answer is everything after the phrase, to the end of the text, for a reference answer
+    that itself runs over several sentences or lines.
     """
-    phrases = [(s, clean_answer(a), e) for s, a, e in _phrase_answers(text)]
+    phrases = [(s, clean_answer(text[b:] if whole else a), e) for s, a, e, b in _phrase_answers(text)]
     phrases = [p for p in phrases if p[1]]
     box = last_boxed(text)
     boxed = (box[1], clean_answer(box[0]), _line_end(text, box[2])) if box and box[0] else None
-    best = max([*phrases[-1:], *([boxed] if boxed else [])], key=lambda c: (c[2], c[0]), default=None)
+    if phrases and boxed and phrases[-1][0] > boxed[0] and _describes(phrases[-1][1]):
+        phrases = []  # "\boxed{9}. The final answer is positive, because ...": a remark, not a new answer
+    best = max([*phrases[-1:], *([boxed] if boxed else [])], key=lambda c: c[0], default=None)
     if best is None:
         return None
-    if phrases and boxed and phrases[-1][2] == boxed[2]:  # same line: "The answer is \boxed{X}"
-        ph = phrases[-1]
-        best = ph if ph[0] < boxed[0] or not boxed[1] else boxed
     return best[1], best[2]
+
+
+_DESCRIPTION = re.compile(r"^(?:the|a|an|to|that|this|equally|positive|negative|not|because)\b", re.I)
+
+
+def _describes(answer: str) -> bool:
+    """An answer phrase that describes rather than states ("the product of $120$ and $24$", "positive, because"):
+    it starts with an article or a describing word, or it is two words or more without a digit or math."""
+    if _DESCRIPTION.match(answer) and (len(answer.split()) > 1 or answer.lower() in ("positive", "negative")):
+        return True
+    return len(answer.split()) > 1 and not re.search(r"[\d$\\]", answer)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,7 +266,8 @@ def unwrap_text(a: str) -> str:
 
 def strip_thousands(a: str) -> str:
     """``1,000,000`` / ``1{,}000`` / ``1\\,000`` -> ``1000000``; a comma list such as ``2,-4`` is left alone."""
-    a = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\!|\\ )(?=\d{3}(?!\d))", ",", a)
+    a = a.replace("\\!", "")
+    a = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\ )(?=\d{3}(?!\d))", ",", a)
     return _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), a)
 
 
@@ -262,7 +290,28 @@ def normalise(a: str) -> str:
 # values: lists, numbers, choice letters, words
 # ----------------------------------------------------------------------------------------------------------------
 
-_PART_SPLIT = re.compile(r"\s*(?:;|,|\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)\b|\s(?:or|and)\s)\s*")
+_PART_SPLIT = re.compile(
+    r"\s*(?:[;,](?!\s*\(?\s*(?:i\.e\.|that is|in other words))(?:\s*(?:\\text\{\s*(?:or|and)\s*\}|(?:or|and)\s))?|\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)\b"
+    r"|\s(?:or|and)\s)\s*"
+)
+
+
+def _depths(a: str) -> list[int]:
+    """Bracket depth at each character: ``( [ {`` and ``\\{`` open, their closers close, \\begin..\\end counts."""
+    out, depth, i = [0] * (len(a) + 1), 0, 0
+    while i < len(a):
+        step = 1
+        if a.startswith("\\begin", i) or (a[i] in "([{" and not a.startswith("\\{", i - 1)):
+            depth += 1
+        elif a.startswith("\\end", i) or a[i] in ")]}":
+            depth -= 1
+        elif a.startswith("\\{", i) or a.startswith("\\}", i):
+            depth += 1 if a[i + 1] == "{" else -1
+            out[i + 1] = depth
+            step = 2
+        out[i] = depth
+        i += step
+    return out
 
 
 def _top_level_cuts(a: str) -> list[tuple[int, int]]:
@@ -294,10 +343,12 @@ def _top_level_cuts(a: str) -> list[tuple[int, int]]:
     return cuts
 
 
-def answer_parts(a: str) -> list[str]:
+def answer_parts(a: str, thousands: bool = True) -> list[str]:
     """The values of a list answer, split at top-level commas, semicolons, "or"/"and" (``\\text{ or }`` too);
-    thousands separators are not list commas. A tuple, interval, set or matrix stays one part."""
-    a = strip_thousands(clean_answer(a))
+    with ``thousands``, a group such as ``1,000`` is a number, not a list. A tuple, interval, set or matrix stays
+    one part."""
+    a = clean_answer(a)
+    a = strip_thousands(a) if thousands else a
     parts, last = [], 0
     for s, e in _top_level_cuts(a):
         parts.append(a[last:s])
@@ -306,13 +357,38 @@ def answer_parts(a: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-_ASSIGN = re.compile(r"^\s*\\?[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?\s*=\s*(?!=)")
+_ASSIGN = re.compile(
+    r"^\s*(?:\\?[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?|\(\s*[a-z]\s*(?:,\s*[a-z]\s*)+\))\s*=\s*(?!=)"
+)
 
 
 def strip_assignment(a: str) -> str:
-    """``x = 5`` -> ``5``; ``f(x) = 2x`` -> ``2x`` (one variable on the left, as a solution names its answer)."""
+    """``x = 5`` -> ``5``; ``f(x) = 2x`` -> ``2x``; ``(x, y) = (4, 5)`` -> ``(4, 5)`` (variables on the left, as a
+    solution names its answer)."""
     m = _ASSIGN.match(a)
     return a[m.end() :] if m and a[m.end() :].strip() else a
+
+
+_RESTATE = re.compile(r"\s*(?:,?\s*\(?\s*(?:i\.e\.|that is|in other words)\s*,?|(?<![<>!\\])=(?!=))\s*", re.I)
+_APPROX = re.compile(r"\s*(?:\\approx|≈|,?\s*\(?\s*(?:about|approximately|roughly)\b).*$", re.S | re.I)
+
+
+def restatements(a: str) -> list[str]:
+    """The forms of one answer written several ways ("\\frac{3}{4}, i.e. 0.75", "2 + 3 = 5", "X (that is, Y)"),
+    each cleaned; approximations ("\\approx 0.33", "about 0.33") are dropped. One form when nothing is restated."""
+    a = strip_assignment(clean_answer(a))
+    a = _APPROX.sub("", a)
+    depth = _depths(a)
+    cuts = [
+        (m.start(), m.end()) for m in _RESTATE.finditer(a) if m.end() > m.start() and depth[m.start()] == 0
+    ]
+    forms, last = [], 0
+    for s, e in cuts:
+        forms.append(a[last:s])
+        last = e
+    forms.append(a[last:])
+    forms = [clean_answer(f.strip().rstrip(")") if f.count(")") > f.count("(") else f) for f in forms]
+    return [f for f in forms if f]
 
 
 _UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -383,6 +459,31 @@ def _strip_units(a: str) -> str:
     return a.strip()
 
 
+_MATH_DOLLAR = re.compile(
+    r"(?<!\\)\$(?=.*(?<!\\)\$)|(?<=\S)(?<!\\)\$"
+)  # "$0.75$ as a decimal": math, not money
+_AS_FORM = re.compile(
+    r"\s*\(?\s*\b(?:as|in)\s+(?:an?\s+)?(?:decimal|fraction|percent(?:age)?|mixed number|integer|simplest form"
+    r"|lowest terms|radical form)\)?\s*$",
+    re.I,
+)
+_UNIT_TEXT = re.compile(
+    r"\\(?:text|mbox|textrm|mathrm)\s*\{(?!\s*(?:or|and)\s*\})\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?[23]\}?)?"
+)
+
+
+def strip_unit_text(a: str) -> str:
+    """An expression without the unit text after it: ``16\\pi \\text{ square units}`` -> ``16\\pi``,
+    ``8\\sqrt{3} cm`` -> ``8\\sqrt{3}``; the expression itself is kept whole (nothing left: unchanged)."""
+    b = _UNIT_TEXT.sub(" ", _AS_FORM.sub("", a)).strip()
+    words = b.split()
+    k = len(words)
+    while k > 1 and _is_unit_tail(words[k - 1 :]) and re.fullmatch(r"[A-Za-z]+\.?", words[k - 1]):
+        k -= 1
+    b = " ".join(words[:k]).strip()
+    return b or a
+
+
 def _words_value(a: str) -> int | None:
     """A number in words, possibly followed by unit words ("nine", "five digits", "twenty-five cents")."""
     words = a.split()
@@ -398,7 +499,7 @@ def number_value(a: str) -> Fraction | None:
     ``a/b``, ``\\frac{a}{b}``, mixed numbers (``2\\frac{1}{4}``), money (``\\$1,080.00``), percents (the sign is
     dropped: "25%" reads as 25), units or words after the number, number words ("nine"), ``x = 5``."""
     a = strip_thousands(clean_answer(a))
-    a = strip_assignment(a)
+    a = strip_assignment(_AS_FORM.sub("", _MATH_DOLLAR.sub("", a)))
     a = _DEGREES.sub("", a)
     a = re.sub(r"\\(?:left|right)|\\[!,;: ]", "", a).replace("dfrac", "frac").replace("tfrac", "frac")
     a = re.sub(r"^(-?)\s*\\?\$\s*", r"\1", a.strip())  # currency sign
@@ -406,6 +507,8 @@ def number_value(a: str) -> Fraction | None:
     a = re.sub(r"\s*\\?%$", "", a.strip()).replace("$", "").strip()
     a = re.sub(r"^\{(.*)\}$", r"\1", a)
     if re.fullmatch(_NUMBER, a):
+        if abs(int(re.split(r"[eE]", a + "e0")[1] or 0)) > 1000:
+            return None  # "1e999999999": not computed
         try:
             return Fraction(a)
         except (ValueError, ZeroDivisionError):
@@ -469,6 +572,7 @@ def text_key(a: str) -> str:
 
 
 __all__ = [
+    "closing_brace",
     "boxed_spans",
     "last_boxed",
     "find_boxed",
@@ -480,6 +584,8 @@ __all__ = [
     "strip_thousands",
     "answer_parts",
     "strip_assignment",
+    "strip_unit_text",
+    "restatements",
     "words_to_number",
     "number_value",
     "choice_letter",

@@ -267,7 +267,8 @@ STRICT_CASES = [
     ("\\boxed{(2,1)}", "(1,2)", False),
     ("The answer is 0.3333", "\\frac{1}{3}", False),
     ("it is a triangle", "Triangular Prism", False),
-    ("\\boxed{7}", "\\text{seven}", False),
+    ("\\boxed{7}", "\\text{seven}", True),  # a number word is its number (issue 15)
+    ("\\boxed{8}", "\\text{seven}", False),
     ("", "5", False),
 ]
 
