@@ -545,7 +545,7 @@ def choice_letter(a: str, strict: bool = True) -> str | None:
     ("(B) 12", ``\\textbf{(B) }12``), as a completion often writes it; it must then be marked as a letter (a
     bracket, or the word option/choice) so that an expression such as "b + 1" is not read as option B.
     """
-    a = clean_answer(a).strip()
+    a = unwrap_text(clean_answer(a)).strip()  # "(\\text{E})", "\\textbf{(B) }12"
     m = _CHOICE.match(a)
     if not m:
         return None
