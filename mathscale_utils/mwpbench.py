@@ -18,7 +18,9 @@ predictions.jsonl rows (one per item; on resume a re-tried item appends a newer 
      "paper_method" (boxed | last_number | answer_phrase | last_is | none | reference_error),
      "paper_rule" (numeric | inline_math | pred_in_ref | ref_in_pred | exact | raw_fallback | missing | ...),
      "clean_prediction", "clean_reference", "reference_error" (str|null), "strict_correct" (bool),
-     "strict_extracted", "strict_method" (math_verify | text), "strict_error", "error" (request error or null),
+     "strict_extracted", "strict_method" (exact | choice | restated | parts | structure | numeric | text | symbolic |
+     long_form | no_answer | none | error), "strict_source" (declared | last), "strict_error", "error" (request error
+     or null),
      "cached" (bool), "template", "model" (name, + "+lora:<hash>" with an adapter), "max_tokens"}
 
 metrics.json (``compute_metrics``): accuracies in percent, per judge ("paper", "strict"): per task (data_topic),
@@ -35,6 +37,7 @@ LLM client).
 from __future__ import annotations
 
 import html
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,6 +45,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mathscale_utils.answers import normalise
 from mathscale_utils.data import (
     FRESH_GAOKAO,
     MWPBENCH_DATASETS,
@@ -437,6 +441,115 @@ def disagreements(rows: Iterable[dict]) -> list[dict]:
         for r in rows
         if bool(r.get("paper_correct")) != bool(r.get("strict_correct"))
     ]
+
+
+_CHOICE_GOLD = re.compile(r"^\s*\(?\s*(?:\\text(?:bf)?\{\s*\(?)?[A-E]\)?\s*\}?\s*\)?\s*$")
+_STRICT_RULE_KINDS = {
+    "choice": "choice letter in another form",
+    "structure": "matrix / vector / tuple / interval in another bracket style",
+    "restated": "answer restated in another form",
+    "parts": "list of values (order, 'and' / 'or', extra or missing value)",
+    "text": "textual answer",
+    "symbolic": "expression of equal value",
+    "exact": "same answer after normalisation (LaTeX forms, spacing, wrappers)",
+    "long_form": "long answer over several sentences",
+}
+
+
+def disagreement_kind(row: dict) -> str:
+    """Why the two judges disagree on one predictions row, in a few words (the first rule that applies).
+
+    Rows where only the paper judge says correct are named after the paper rule that accepted them (a substring
+    match, the last number, the text after "is"); rows where only the strict judge does, after what the strict
+    judge read (a declared answer followed by other numbers, a number in words, units, an option letter, ...).
+    """
+    extracted = str(row.get("strict_extracted") or "")
+    if row.get("paper_correct") and not row.get("strict_correct"):
+        if row.get("paper_rule") in ("inline_math", "pred_in_ref", "ref_in_pred"):
+            return "paper only: substring match"
+        if row.get("strict_method") in ("error", "no_answer"):
+            return f"paper only: strict judge {row.get('strict_method')}"
+        if row.get("paper_method") == "last_number" and row.get("strict_source") == "declared":
+            return "paper only: last number, not the declared answer"
+        if row.get("paper_method") == "last_is":
+            return "paper only: text after the last 'is'"
+        return "paper only: other"
+    method = row.get("strict_method")
+    if _CHOICE_GOLD.match(str(row.get("gold") or "")):
+        return "strict only: choice letter in another form"
+    if method in ("structure", "text", "restated", "parts", "long_form"):
+        return f"strict only: {_STRICT_RULE_KINDS[method]}"
+    if method == "numeric":
+        plain = re.sub(r"\\[a-zA-Z]+", " ", extracted)  # "\\frac" is not a unit
+        for pattern, kind in _NUMERIC_KINDS:
+            if re.search(pattern, extracted if kind in ("thousands separator", "money") else plain):
+                return f"strict only: {kind}"
+    paper_read = normalise(str(row.get("extracted") or ""))
+    completion = str(row.get("completion") or "")
+    after = completion[completion.rfind(extracted) + len(extracted) :] if extracted in completion else ""
+    if (
+        row.get("strict_source") == "declared"
+        and paper_read != normalise(extracted)
+        and re.search(r"\w{2}", after)
+    ):
+        return "strict only: declared answer, then more text"
+    if method == "numeric":
+        return "strict only: fraction / decimal / other number form"
+    if method in _STRICT_RULE_KINDS:
+        return f"strict only: {_STRICT_RULE_KINDS[method]}"
+    return "strict only: other"
+
+
+_NUMERIC_KINDS = (  # what the strict judge read, when it read one number
+    (r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fifteen|twenty|thirty"
+     r"|forty|fifty|sixty|seventy|eighty|ninety|hundred)\b", "number in words"),
+    (r"\d(?:,|\{,\}|\\,|\\!)+\d{3}", "thousands separator"),
+    (r"%|percent", "percent"),
+    (r"\$|dollar", "money"),
+    (r"(?i)[a-z]{2,}", "units or words with the number"),
+)  # fmt: skip
+
+
+def disagreement_kinds(rows: Iterable[dict]) -> list[dict]:
+    """The items where the judges disagree, each with its ``kind`` (``disagreement_kind``) and what each judge
+    read; plain dicts, sorted by kind then id (for a table in notebook 05)."""
+    out = []
+    for r in rows:
+        if bool(r.get("paper_correct")) == bool(r.get("strict_correct")):
+            continue
+        out.append(
+            {
+                "kind": disagreement_kind(r),
+                "correct_by": "paper" if r.get("paper_correct") else "strict",
+                "dataset": r.get("dataset"),
+                "id": r.get("id"),
+                "gold": r.get("gold"),
+                "paper_extracted": r.get("extracted"),
+                "paper_rule": r.get("paper_rule"),
+                "strict_extracted": r.get("strict_extracted"),
+                "strict_method": r.get("strict_method"),
+            }
+        )
+    return sorted(out, key=lambda d: (d["kind"], str(d["id"])))
+
+
+def disagreement_summary(rows: Iterable[dict]) -> list[dict]:
+    """``disagreement_kinds`` grouped: one dict per kind with its count, the datasets and up to three example ids,
+    largest kind first."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for d in disagreement_kinds(rows):
+        groups[d["kind"]].append(d)
+    summary = [
+        {
+            "kind": kind,
+            "n": len(ds),
+            "correct_by": ds[0]["correct_by"],
+            "datasets": dict(Counter(str(d["dataset"]) for d in ds)),
+            "examples": [d["id"] for d in ds[:3]],
+        }
+        for kind, ds in groups.items()
+    ]
+    return sorted(summary, key=lambda g: (-g["n"], g["kind"]))
 
 
 def error_examples(
