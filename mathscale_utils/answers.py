@@ -93,16 +93,18 @@ _CHECKING = re.compile(
 _HASHES = re.compile(r"^[ \t]*####[ \t]*", re.M)  # the GSM8K final-answer marker
 # where a declared answer ends: a sentence break, a clause that explains it, or the end of the line
 _CLAUSE_END = re.compile(
-    r"\.(?=\s+\S)|\.$|;\s|,\s+(?:since|because|as|which|so|but|that|where|because)\b|,\s+and\s+(?=[a-zA-Z]{2,})"
+    r"\.(?=\s+\S)|\.$|;\s|,\s+(?:since|because|as|which|so|but|that|where)\b|,\s+and\s+(?=[a-zA-Z]{2,})"
     r"|\s+(?:since|because|which is|as (?:required|expected|computed|shown))\b|\s+\((?:check|since|because)",
     re.I,
 )
 
 
+_MONEY_SPAN = re.compile(r"\d[^$]*\s[a-zA-Z]{2}")
 _ABBREVIATION = re.compile(r"\b(?:i\.e|e\.g|approx|vs|etc|cf|Mr|Mrs|Ms|Dr|St|No)\.$")
 
 
 def _line_end(text: str, i: int) -> int:
+    """Index of the end of the line that contains position i."""
     j = text.find("\n", i)
     return len(text) if j == -1 else j
 
@@ -117,9 +119,7 @@ def _math_ranges(line: str) -> list[tuple[int, int]]:
         elif line[i] == "$" and (i == 0 or line[i - 1] != "\\"):
             j = line.find("$", i + 1)
             close = 1
-            if j == -1 or re.match(
-                r"\d[^$]*\s[a-zA-Z]{2}", line[i + 1 : j]
-            ):  # "$18 and $20": money, not math
+            if j == -1 or _MONEY_SPAN.match(line[i + 1 : j]):  # "$18 and he earns $20": money, not math
                 i += 1
                 continue
         elif line.startswith("\\(", i) or line.startswith("\\[", i):
@@ -301,7 +301,7 @@ def _depths(a: str) -> list[int]:
     out, depth, i = [0] * (len(a) + 1), 0, 0
     while i < len(a):
         step = 1
-        if a.startswith("\\begin", i) or (a[i] in "([{" and not a.startswith("\\{", i - 1)):
+        if a.startswith("\\begin", i) or a[i] in "([{":
             depth += 1
         elif a.startswith("\\end", i) or a[i] in ")]}":
             depth -= 1
@@ -315,32 +315,11 @@ def _depths(a: str) -> list[int]:
 
 
 def _top_level_cuts(a: str) -> list[tuple[int, int]]:
-    """Positions of the list separators of ``a`` that are outside brackets, braces and ``\\begin..\\end``."""
-    depth, cuts = 0, []
-    env = 0
-    i = 0
-    while i < len(a):
-        if a.startswith("\\begin", i):
-            env += 1
-        elif a.startswith("\\end", i):
-            env -= 1
-        ch = a[i]
-        if ch == "\\" and i + 1 < len(a) and a[i + 1] in "{}()[]":
-            depth += 1 if a[i + 1] in "{([" else -1
-            i += 2
-            continue
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth <= 0 and env <= 0:
-            m = _PART_SPLIT.match(a, i)
-            if m and m.end() > m.start():
-                cuts.append((m.start(), m.end()))
-                i = m.end()
-                continue
-        i += 1
-    return cuts
+    """``(start, end)`` of the list separators of ``a`` that are outside brackets, braces and environments."""
+    depth = _depths(a)
+    return [
+        (m.start(), m.end()) for m in _PART_SPLIT.finditer(a) if m.end() > m.start() and depth[m.start()] == 0
+    ]
 
 
 def answer_parts(a: str, thousands: bool = True) -> list[str]:
