@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.judges import _LAST_NUMBER, _parse_gold, is_textual, paper_judge, strict_judge  # noqa: E402
+from mathscale_utils.judges import _parse_gold, is_textual, strict_judge  # noqa: E402
+from mathscale_utils.paper_judge import _LAST_NUMBER, paper_judge  # noqa: E402
 
 RENDERINGS = {
     "answer_is": lambda g: f"The answer is {g}",

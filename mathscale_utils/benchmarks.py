@@ -44,6 +44,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from mathscale_utils.answers import find_boxed
 from mathscale_utils.artifacts import Record
 from mathscale_utils.io import DataError, iter_jsonl
 
@@ -133,29 +134,6 @@ def _field(obj: dict, key: str, path: Path, line: int, types: type | tuple = str
     if not isinstance(value, types):
         raise DataError(f"{path}:{line}: key '{key}' has type {type(value).__name__}")
     return value
-
-
-def find_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces counted), or of ``\\boxed x``.
-
-    Used to derive MATH's short answers from the reference solutions (the Hendrycks convention). Not the paper
-    judge's extractor, which recognises ``\\boxed{`` only (see ``judges.extract_boxed_all``).
-    """
-    best: tuple[int, str] | None = None
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            best = (m.start(), text[m.end() : i - 1])
-    for m in re.finditer(r"\\boxed ([^\s$]+)", text):  # "\boxed 5" (a handful of MATH solutions)
-        if best is None or m.start() > best[0]:
-            best = (m.start(), m.group(1))
-    return None if best is None else best[1].strip()
 
 
 # ----------------------------------------------------------------------------------------------------------------

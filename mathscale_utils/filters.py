@@ -4,7 +4,6 @@ answer check (the teacher re-solves), decontamination against MWPBench test ques
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import unicodedata
 import warnings
@@ -16,62 +15,34 @@ from typing import Any
 
 import numpy as np
 
+from mathscale_utils.answers import final_answer, normalise, number_value
 from mathscale_utils.artifacts import stage
 from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
 from mathscale_utils.chat import ChatRequest
 from mathscale_utils.io import DataError
+from mathscale_utils.judges import answers_equivalent
 from mathscale_utils.llm import LLM
+from mathscale_utils.paper_judge import paper_judge
 from mathscale_utils.params import GenerateConfig
-from mathscale_utils.reply_format import CHECK_PROMPT, clean_answer, final_answer, seed_solution
+from mathscale_utils.reply_format import CHECK_PROMPT, seed_solution
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optional answer check
 # ----------------------------------------------------------------------------------------------------------------
 
-_NUM = re.compile(r"^[-+]?\d*\.?\d+(?:e[-+]?\d+)?$")
-
-
-def _norm_answer(a: str) -> str:
-    a = clean_answer(a or "").lower()
-    a = re.sub(r"\\text\{([^}]*)\}", r"\1", a)
-    a = re.sub(r"\\(?:left|right|!|,|;|quad)", "", a)
-    a = a.replace("dfrac", "frac").replace("tfrac", "frac").replace("\\%", "%").replace("$", "")
-    a = re.sub(r"(?<=\d),(?=\d{3}\b)", "", a)
-    a = re.sub(r"\s+", "", a)
-    return a.rstrip(".")
-
-
-def _as_number(a: str) -> float | None:
-    a = a.rstrip("%")
-    m = re.fullmatch(r"\\frac\{([-+]?[\d.]+)\}\{([-+]?[\d.]+)\}", a) or re.fullmatch(
-        r"([-+]?[\d.]+)/([-+]?[\d.]+)", a
-    )
-    try:
-        if m:
-            return float(m.group(1)) / float(m.group(2))
-        if _NUM.match(a):
-            return float(a)
-        lead = re.match(r"^[-+]?\d*\.?\d+(?=[a-z]+$)", a)  # "42dollars" -> 42
-        return float(lead.group(0)) if lead else None
-    except (ValueError, ZeroDivisionError):
-        return None
-
 
 def answers_agree(a: str | None, b: str | None) -> bool:
-    """A simple normalised comparison (case, spaces, $, \\boxed, \\text, thousands commas, fractions, units),
-    or MWPBench's equivalence (``judges.is_equiv``) when that module is present."""
+    """Whether two stated answers agree: the same normal form or the same exact number (``answers.py``), else the
+    strict judge's comparison (``judges.answers_equivalent``: lists, structures, symbolic) when it is available."""
     if not a or not b:
         return False
-    na, nb = _norm_answer(a), _norm_answer(b)
-    if na == nb:
+    if normalise(a) == normalise(b):
         return True
-    xa, xb = _as_number(na), _as_number(nb)
-    if xa is not None and xb is not None and math.isclose(xa, xb, rel_tol=1e-6, abs_tol=1e-9):
-        return True
+    xa, xb = number_value(a), number_value(b)
+    if xa is not None and xb is not None:
+        return xa == xb
     try:
-        from mathscale_utils.judges import is_equiv
-
-        return bool(is_equiv(a.lower(), b.lower())[0])
+        return bool(answers_equivalent(a, b)[0])
     except Exception:  # noqa: BLE001 - the optional judge must never break a run
         return False
 
@@ -81,8 +52,6 @@ def _paper_judge(completion: str | None, reference: str | None) -> bool:
     if not completion or not reference:
         return False
     try:
-        from mathscale_utils.judges import paper_judge
-
         return bool(paper_judge(completion, reference).correct)
     except Exception:  # noqa: BLE001
         return False

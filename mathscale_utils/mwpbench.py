@@ -18,7 +18,9 @@ predictions.jsonl rows (one per item; on resume a re-tried item appends a newer 
      "paper_method" (boxed | last_number | answer_phrase | last_is | none | reference_error),
      "paper_rule" (numeric | inline_math | pred_in_ref | ref_in_pred | exact | raw_fallback | missing | ...),
      "clean_prediction", "clean_reference", "reference_error" (str|null), "strict_correct" (bool),
-     "strict_extracted", "strict_method" (math_verify | text), "strict_error", "error" (request error or null),
+     "strict_extracted", "strict_method" (exact | choice | restated | parts | structure | numeric | text | symbolic |
+     long_form | no_answer | none | error), "strict_source" (declared | last), "strict_error", "error" (request error
+     or null),
      "cached" (bool), "template", "model" (name, + "+lora:<hash>" with an adapter), "max_tokens"}
 
 metrics.json (``compute_metrics``): accuracies in percent, per judge ("paper", "strict"): per task (data_topic),
@@ -34,7 +36,6 @@ LLM client).
 
 from __future__ import annotations
 
-import html
 import math
 import random
 from collections import Counter, defaultdict
@@ -51,7 +52,7 @@ from mathscale_utils.benchmarks import (
     read_fresh_gaokao,
 )
 from mathscale_utils.chat import ChatRequest
-from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl, write_text
+from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl
 from mathscale_utils.judges import JUDGES, judge
 from mathscale_utils.params import EvalConfig, resolve_path
 from mathscale_utils.templates import fill_template
@@ -403,88 +404,3 @@ def write_metrics(
            **extra, "llm": usage or {}, **metrics}  # fmt: skip
     write_json(RunDir(run_dir).metrics, out)
     return out
-
-
-# ================================================================================================================
-# looking at the answers
-
-
-def disagreements(rows: Iterable[dict]) -> list[dict]:
-    """Items where the paper judge and the strict judge disagree, with what each extracted."""
-    keys = (
-        "dataset",
-        "id",
-        "gold",
-        "extracted",
-        "paper_correct",
-        "paper_rule",
-        "strict_extracted",
-        "strict_correct",
-    )
-    return [
-        {k: r.get(k) for k in keys}
-        for r in rows
-        if bool(r.get("paper_correct")) != bool(r.get("strict_correct"))
-    ]
-
-
-def error_examples(
-    rows: Iterable[dict], per_dataset: int = 2, judge_name: str = "paper", tail_chars: int = 300
-) -> dict[str, list[dict]]:
-    """Up to ``per_dataset`` wrong answers per dataset (first in file order), with the completion's end."""
-    out: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r.get(f"{judge_name}_correct") or len(out[r["dataset"]]) >= per_dataset:
-            continue
-        out[r["dataset"]].append(
-            {
-                "id": r["id"],
-                "question": r.get("question", "")[:300],
-                "gold": r["gold"],
-                "extracted": r.get("extracted"),
-                "error": r.get("error"),
-                "completion_end": (r.get("completion") or "")[-tail_chars:],
-            }
-        )
-    return dict(out)
-
-
-def write_fresh_gaokao_check(rows: Iterable[dict], path: str | Path, records: Sequence[Record] = ()) -> Path:
-    """An HTML page to check Fresh-GaokaoMath-2023 answers by eye (the MWPBench README asks for a manual check).
-
-    One row per question: question, gold, both judges' extraction and verdict, the end of the completion, and a
-    checkbox. ``records`` (the 30 questions) fills rows without a completion, so the page is useful before a run.
-    """
-    by_id = {r["id"]: r for r in rows if r.get("dataset") == FRESH_GAOKAO}
-    items = [(rec.id, rec.question, rec.answer) for rec in records] or [
-        (i, r["question"], r["gold"]) for i, r in by_id.items()
-    ]
-    esc = html.escape
-    body = []
-    for n, (rid, q, gold) in enumerate(items, start=1):
-        r = by_id.get(rid, {})
-        tail = (r.get("completion") or "")[-600:]
-
-        def verdict(key: str, r: dict = r) -> str:
-            return "" if not r else ("&#10003;" if r.get(key) else "&#10007;")
-
-        body.append(
-            "<tr>"
-            f"<td>{n}</td><td>{esc(q)}</td><td><code>{esc(gold)}</code></td>"
-            f"<td><code>{esc(str(r.get('extracted') or ''))}</code> {verdict('paper_correct')}</td>"
-            f"<td><code>{esc(str(r.get('strict_extracted') or ''))}</code> {verdict('strict_correct')}</td>"
-            f"<td><pre>{esc(tail) if r else '<i>not evaluated</i>'}</pre></td>"
-            "<td><input type='checkbox'></td></tr>"
-        )
-    n_eval = sum(1 for rid, _, _ in items if rid in by_id)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Fresh-GaokaoMath-2023 check</title><style>"
-        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
-        "padding:4px;vertical-align:top}pre{white-space:pre-wrap;max-width:40em;margin:0}</style></head><body>"
-        "<h3>Fresh-GaokaoMath-2023: check the answers by eye</h3>"
-        f"<p>{n_eval} of {len(items)} questions evaluated. Columns: the gold answer, what each judge extracted and its "
-        "verdict (&#10003; / &#10007;), the end of the completion, and a box to tick when you judge it correct.</p>"
-        "<table><tr><th>#</th><th>question</th><th>gold</th><th>paper judge</th><th>strict judge</th>"
-        "<th>completion (end)</th><th>correct?</th></tr>" + "".join(body) + "</table></body></html>"
-    )
-    return write_text(path, page)

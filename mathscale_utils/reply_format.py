@@ -7,6 +7,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from mathscale_utils.answers import clean_answer, final_answer, last_boxed
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt (paper Table 4, paraphrased)
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,7 +75,6 @@ _S_LABEL = re.compile(
     rf"^{_DECOR}(?:step[- ]by[- ]step\s+|worked\s+|detailed\s+)?solution[ \t*_]*(?:[:：]|$)[ \t*_]*",
     re.I | re.M,
 )
-_ANSWER = re.compile(r"(?:final\s+answer|answer)\s*(?:is\b|[:=])\s*[:\s]*", re.I)
 _ANSWER_LINE = re.compile(r"^\W*(?:the\s+)?(?:final\s+)?answer\s*[:=]", re.I)
 _FENCE_LINE = re.compile(r"^\s*```[A-Za-z]*\s*$", re.M)
 
@@ -90,63 +91,6 @@ class Parsed:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-def last_boxed(text: str) -> tuple[str, int, int] | None:
-    """(content, start, end) of the last balanced ``\\boxed{...}``, as MWPBench's extractor finds it."""
-    best = None
-    i = text.find("\\boxed{")
-    while i != -1:
-        j, depth = i + len("\\boxed{"), 1
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        if depth == 0:
-            best = (text[i + 7 : j - 1].strip(), i, j)
-        i = text.find("\\boxed{", i + 1)
-    return best
-
-
-def clean_answer(a: str) -> str:
-    a = a.strip()
-    box = last_boxed(a)
-    if box:
-        a = box[0]
-    a = a.strip().strip("*").strip().rstrip(".").strip()
-    if len(a) >= 2 and a.startswith("$") and a.endswith("$") and "$" not in a[1:-1]:
-        a = a[1:-1]
-    if a.startswith("\\(") and a.endswith("\\)"):
-        a = a[2:-2]
-    money = re.fullmatch(r"\$\s*(-?[\d,]*\.?\d+)", a.strip())  # "$5" (currency) -> "5"
-    if money:
-        a = money.group(1)
-    a = a.strip().rstrip(".").strip()
-    return a
-
-
-def final_answer(solution: str) -> tuple[str, int] | None:
-    """(answer, end of the line that states it): the later of the last "The answer is X" / "Answer: X" phrase and
-    the last \\boxed{} (a boxed answer inside the phrase counts as the phrase)."""
-
-    def eol(i: int) -> int:
-        j = solution.find("\n", i)
-        return len(solution) if j == -1 else j
-
-    phrase = None
-    matches = list(_ANSWER.finditer(solution))
-    if matches:
-        m = matches[-1]
-        ans = clean_answer(solution[m.end() : eol(m.end())])
-        if ans:
-            phrase = (m.start(), ans, eol(m.end()))
-    box = last_boxed(solution)
-    boxed = (box[1], clean_answer(box[0]), eol(box[2])) if box and box[0] else None
-    best = max((c for c in (phrase, boxed) if c), key=lambda c: (c[2], c[0]), default=None)
-    if best is None:
-        return None
-    if phrase and boxed and phrase[2] == boxed[2]:  # same line: "The answer is \\boxed{X}"
-        best = phrase
-    return best[1], best[2]
 
 
 def ensure_final_line(solution: str, answer: str) -> str:

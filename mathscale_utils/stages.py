@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from mathscale_utils import (
+    answer_review,
     compose,
     concepts,
     dataset_card,
@@ -236,7 +237,7 @@ def evaluate(P: Params, log: Log = print) -> dict:
         fresh = read_fresh_gaokao(P.data_dir)
     except DataError:
         fresh = []
-    mwpbench.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
+    answer_review.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
     out = mwpbench.write_metrics(
         run, metrics, cfg, llm_cfg.model, llm_cfg.lora_path, why, warnings, usage, requests=counts
     )

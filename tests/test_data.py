@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mathscale_utils.answers import find_boxed
 from mathscale_utils.artifacts import Record
 from mathscale_utils.benchmarks import (
     MC_FILTER_KEYWORDS,
     MWPBENCH_DATASETS,
     availability,
     dataset_of_topic,
-    find_boxed,
     load_mwpbench,
     math_topic,
     mc_to_word,

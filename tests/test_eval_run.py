@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from mathscale_utils.answer_review import disagreements, error_examples, write_fresh_gaokao_check
 from mathscale_utils.artifacts import Record
 from mathscale_utils.io import DataError
 from mathscale_utils.llm import LLM, model_id
-from mathscale_utils.mwpbench import (
-    compute_metrics,
-    disagreements,
-    error_examples,
-    load_predictions,
-    rejudge,
-    run_eval,
-    write_fresh_gaokao_check,
-)
+from mathscale_utils.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
 from mathscale_utils.params import EvalConfig, LLMConfig
 from mathscale_utils.templates import STOP_STRINGS, fill_template
 

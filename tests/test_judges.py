@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils.judges import (
+from mathscale_utils.judges import strict_judge
+from mathscale_utils.paper_judge import (
     extract_answer,
     extract_boxed_all,
     is_equiv,
     is_number,
     paper_judge,
-    strict_judge,
     strip_string,
 )
 from mathscale_utils.templates import TEMPLATES, fill_template
@@ -266,7 +266,8 @@ STRICT_CASES = [
     ("\\boxed{(2,1)}", "(1,2)", False),
     ("The answer is 0.3333", "\\frac{1}{3}", False),
     ("it is a triangle", "Triangular Prism", False),
-    ("\\boxed{7}", "\\text{seven}", False),
+    ("\\boxed{7}", "\\text{seven}", True),  # a number word is its number (issue 15)
+    ("\\boxed{8}", "\\text{seven}", False),
     ("", "5", False),
 ]
 

@@ -104,3 +104,47 @@ def test_cap_per_task_keeps_file_order():
     out = cap_per_task(recs, 3)
     assert [r.id for r in out] == ["a0", "a1", "a2", "g0", "g1"]
     assert len(cap_per_task(recs, None)) == len(cap_per_task(recs, -1)) == 7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# where the judges disagree, by kind
+
+
+def _judged(i, completion, gold, dataset="gsm8k"):
+    from mathscale_utils.judges import judge
+
+    return {"id": f"{dataset}.{i}", "dataset": dataset, "gold": gold, "completion": completion,
+            **judge(completion, gold)}  # fmt: skip
+
+
+def test_disagreement_kinds_and_summary():
+    from mathscale_utils.answer_review import disagreement_kinds, disagreement_summary
+
+    rows = [
+        _judged(0, "The answer is 90. Check: 90 + 55 = 145.", "90"),  # strict only: declared, then more
+        _judged(1, "The answer is 90.\nTo check: 2 * 45 = 90, minus 55 is 35.", "90"),  # the same kind
+        _judged(2, "The answer is 85. Check: 5 + 85 = 90", "90"),  # paper only: the last number
+        _judged(3, "The answer is nine.", "9"),  # strict only: words
+        _judged(4, "\\boxed{\\frac{1}{2}}", "$2$", "MATH"),  # paper only: substring
+        _judged(5, "Answer: B", "\\text{(B)}", "MATH"),  # strict only: choice letter
+        _judged(6, "The answer is 7.", "7"),  # both right: not listed
+        _judged(7, "The answer is 8.", "7"),  # both wrong: not listed
+    ]
+    kinds = {d["id"]: d["kind"] for d in disagreement_kinds(rows)}
+    assert kinds == {
+        "gsm8k.0": "strict only: declared answer, then more text",
+        "gsm8k.1": "strict only: declared answer, then more text",
+        "gsm8k.2": "paper only: last number, not the declared answer",
+        "gsm8k.3": "strict only: number in words",
+        "MATH.4": "paper only: substring match",
+        "MATH.5": "strict only: choice letter in another form",
+    }
+    summary = disagreement_summary(rows)
+    assert summary[0] == {
+        "kind": "strict only: declared answer, then more text",
+        "n": 2,
+        "correct_by": "strict",
+        "datasets": {"gsm8k": 2},
+        "examples": ["gsm8k.0", "gsm8k.1"],
+    }
+    assert sum(g["n"] for g in summary) == 6 and len(summary) == 5

@@ -1,0 +1,197 @@
+"""The strict judge: the kinds a careful grader accepts, the hard negatives, the time limit (no data or model needed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mathscale_utils import judges
+from mathscale_utils.judges import (
+    SymbolicTimeout,
+    judge,
+    strict_judge,
+    symbolic_equal,
+    time_limit,
+    too_costly,
+)
+
+ACCEPTED = [  # (completion, gold): a careful grader accepts each
+    ("The answer is 90. Check: 90 + 55 = 145.", "90"),
+    ("The answer is 90.\nTo verify: 145 - 55 = 90, and 2 * 45 = 90. So 145 it is not.", "90"),
+    ("So $\\boxed{42}$.\n\nCheck: 42 + 8 = 50.", "42"),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+    ("The answer is 40.\nWait, I made an error. The answer is 42.", "42"),
+    (
+        "The answer is $\\begin{bmatrix} 1 \\\\ -2 \\end{bmatrix}$.",
+        "\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}",
+    ),
+    ("The answer is $(1, -2)$.", "\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}"),
+    ("The answer is $\\left[ 2, 5 \\right)$.", "[2,5)"),
+    ("The answer is $864 \\mbox{ inches}^2$.", "864 \\text{ square inches}"),
+    ("The answer is 5.", "5\\text{ digits}"),
+    ("The answer is 18 dollars.", "18"),
+    ("The answer is nine.", "9"),
+    ("The answer is a Sunday.", "\\text{Sunday}"),
+    ("Answer: B", "\\text{(B)}"),
+    ("The correct option is $\\textbf{(B) }12$.", "\\text{(B)}"),
+    ("The answer is $\\tan 60^\\circ$.", "\\sqrt{3}"),
+    ("The answer is $2\\sqrt{3}$.", "\\sqrt{12}"),
+    ("The answer is $\\$1,080.00$.", "1080"),
+    ("The answer is 25%.", "25\\%"),
+    ("The answer is $1{,}000{,}000$.", "1000000"),
+    ("The answer is $x = 5$.", "5"),
+    ("The answer is $x = -2$ or $x = 6$.", "6, -2"),
+    ("The answer is $\\frac{3}{4}$, i.e. $0.75$.", "\\frac{3}{4}"),
+    ("The answer is \u22123.", "-3"),
+    ("So she makes $18 every day.", "18"),
+    ("#### 1,080", "1080"),
+    ("The answer is 70, 110.", "70,110"),
+]
+
+REJECTED = [  # (completion, gold): a careful grader rejects each
+    ("The answer is $x = 5$ or $x = -3$.", "5"),  # an extraneous root kept
+    ("The answer is 5, -3.", "5"),
+    ("The answer is 1008.", "1080"),  # a near miss
+    ("The answer is 0.3333.", "\\frac{1}{3}"),
+    ("The answer is 1.73.", "\\sqrt{3}"),
+    ("The answer is 3.14.", "\\pi"),
+    (
+        "The answer is 90.\nWait, that is wrong. The answer is 95.",
+        "90",
+    ),  # right value, then a wrong final answer
+    ("We get 90 here.\nThe answer is 95.", "90"),
+    ("The answer is 85. Check: 90 - 5 = 85.", "90"),  # the gold only after the declared answer
+    (
+        "The answer is $\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}$.",
+        "\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}",
+    ),
+    ("The answer is $(3, 4)$.", "(3,4]"),
+    ("The answer is $(2, 1)$.", "(1,2)"),
+    ("Answer: C", "\\text{(B)}"),
+    ("The answer is a Monday.", "\\text{Sunday}"),
+    ("The answer is eight.", "9"),
+    ("The answer is $\\tan 30^\\circ$.", "\\sqrt{3}"),
+    ("The answer is $\\frac{1}{2}$.", "$2$"),  # the paper judge's substring false positive
+    ("The answer is $x + 12$.", "$2$"),
+    ("The answer is $\\frac{3}{4}$, i.e. $0.7$.", "\\frac{3}{4}"),  # a wrong restatement
+    ("The answer is 7:20.", "7"),
+    ("The answer is 5 hundred.", "5"),
+    ("The answer is $5x$.", "5"),
+]
+
+
+@pytest.mark.parametrize("completion,gold", ACCEPTED)
+def test_accepts(completion, gold):
+    v = strict_judge(completion, gold)
+    assert v.correct, v
+
+
+@pytest.mark.parametrize("completion,gold", REJECTED)
+def test_rejects(completion, gold):
+    v = strict_judge(completion, gold)
+    assert not v.correct, v
+
+
+def test_declared_answer_is_reported():
+    v = strict_judge("The answer is 90. Check: 90 + 55 = 145.", "90")
+    assert (v.extracted, v.source, v.method) == ("90", "declared", "exact")
+    v = strict_judge("So she makes $18 every day.", "18")
+    assert v.source == "last" and v.correct
+    row = judge("The answer is 90. Check: 90 + 55 = 145.", "90")
+    assert row["strict_correct"] and not row["paper_correct"] and row["strict_source"] == "declared"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the time limit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2003^{2002^{2001}}",
+        "10^{10^{10}}",
+        "9^{99999999}",
+        "(10^{5})!",
+        "30000!",
+        "x^{2^{2002^{2001}}}",
+        "a" * 2000,
+    ],
+)
+def test_too_costly(text):
+    assert too_costly(text)
+
+
+@pytest.mark.parametrize("text", ["2^{2005}", "x^{y^2}", "e^{x^2}", "10!", "\\frac{1}{2}", "3^{100} + 1"])
+def test_not_too_costly(text):
+    assert not too_costly(text)
+
+
+def _in_thread(fn, timeout: float = 30.0):
+    """Run fn in a worker thread; (result, seconds)."""
+    out: dict = {}
+    t0 = time.perf_counter()
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the call did not return"
+    return out["v"], time.perf_counter() - t0
+
+
+@pytest.mark.parametrize(
+    "completion,gold,expected",
+    [
+        ("The answer is $2003^{2002^{2001}}$.", "5", False),
+        ("The answer is $7$.", "2003^{2002^{2001}}", False),
+        (
+            "So we get $2003^{2002^{2001}}$ in the end.",
+            "5",
+            False,
+        ),  # no declaration: math-verify's extraction
+        (
+            "The answer is $2003^{2002^{2001}}$.",
+            "2003^{2002^{2001}}",
+            True,
+        ),  # the same text needs no arithmetic
+    ],
+)
+def test_pathological_expression_fails_fast_in_a_thread(completion, gold, expected):
+    v, seconds = _in_thread(lambda: strict_judge(completion, gold))
+    assert v.correct is expected and seconds < 5, (v, seconds)
+
+
+def test_time_limit_interrupts_a_thread():
+    def busy() -> str:
+        try:
+            with time_limit(0.3):
+                while True:
+                    pass
+        except SymbolicTimeout:
+            return "timed out"
+        return "finished"
+
+    result, seconds = _in_thread(busy)
+    assert result == "timed out" and seconds < 3
+
+
+def test_time_limit_does_not_fire_after_the_block():
+    with time_limit(0.2):
+        done = "quick"
+    t0, spins = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.6:  # a late SymbolicTimeout would be raised inside this loop
+        spins += 1
+    assert done == "quick" and spins > 0
+
+
+def test_slow_symbolic_check_is_cut_in_a_thread(monkeypatch):
+    import math_verify
+
+    def endless(*args, **kwargs):
+        while True:
+            pass
+
+    monkeypatch.setattr(math_verify, "verify", endless)
+    judges._parse_gold.cache_clear()
+    result, seconds = _in_thread(lambda: symbolic_equal("\\sqrt{3}", "\\tan 60^\\circ", seconds=0.5))
+    assert result is False and seconds < 5
