@@ -111,7 +111,7 @@ def main() -> None:
     t_build = time.perf_counter() - t0
     counts = type_counts(G)
 
-    cfg = ComposeConfig(epochs=args.epochs, max_compositions=args.target)
+    cfg = ComposeConfig(epochs=args.epochs, n_compositions=args.target)
     compose(G, ComposeConfig(epochs=1), seed=args.seed)  # warm-up (imports, first allocations)
     times = []
     for _ in range(max(1, args.repeat)):

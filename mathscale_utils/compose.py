@@ -421,11 +421,13 @@ class _Dedup:
 
 
 def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: int = 0) -> Compositions:
-    """Run the random walk over all topics for ``config.epochs`` epochs and keep unique compositions.
+    """Walk from every topic, epoch after epoch, keeping unique compositions until there are
+    ``config.n_compositions`` of them (or, without a target, for ``config.epochs`` epochs; with one, epochs is a cap
+    and ``stats["short_of_target"]`` says how many are missing when the graph ran out of new combinations first).
 
     Seeded: the same graph, config and seed give the same compositions in the same order. Drop counts per rule
     are in ``result.stats``; ``walks = kept + dropped_no_topic + dropped_no_kp + dropped_duplicate``, counted up to
-    the walk that reached ``max_compositions`` (if set).
+    the walk that reached the target.
     """
     cfg = config or ComposeConfig()
     t0 = time.perf_counter()
@@ -438,6 +440,7 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
     stats: dict[str, Any] = {
         "n_topics": nT,
         "n_kps": wg.n_kps,
+        "target": cfg.n_compositions,
         "epochs_requested": cfg.epochs,
         "epochs_run": 0,
         "walks": 0,
@@ -448,7 +451,7 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
         "topic_phase_dead_end": 0,
         "hybrid_dead_end": 0,
         "kp_phase_dead_end": 0,
-        "stopped_at_cap": False,
+        "reached_target": False,
     }
     out_t: list[np.ndarray] = []
     out_k: list[np.ndarray] = []
@@ -456,7 +459,7 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
     out_e: list[np.ndarray] = []
     dedup = _Dedup(t_slots + k_slots)
     kept = 0
-    cap = cfg.max_compositions
+    cap = cfg.n_compositions
     epochs_per_chunk = max(1, cfg.chunk_walkers // max(nT, 1))
     epoch = 0
     while nT and epoch < cfg.epochs and (cap is None or kept < cap):
@@ -488,7 +491,7 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
             if cfg.dedup:
                 sel = sel[: cap - kept]
             n_walks = int(keep_idx[-1]) + 1
-            stats["stopped_at_cap"] = True
+            stats["reached_target"] = True
         stats["walks"] += n_walks
         used = slice(0, n_walks)
         stats["dropped_no_topic"] += int((~has_t[used]).sum())
@@ -514,6 +517,7 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
         epoch=np.concatenate(out_e) if out_e else np.empty(0, np.int32),
     )
     stats["kept"] = len(res)
+    stats["short_of_target"] = max(0, cap - len(res)) if cap is not None else 0
     n_t = (res.topics >= 0).sum(axis=1)
     n_k = (res.kps >= 0).sum(axis=1)
     stats["topics_per_composition"] = {

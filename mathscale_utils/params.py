@@ -179,7 +179,18 @@ class ComposeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(default=1000, ge=1, description="passes over all topics as start nodes (paper: ~1K)")
+    n_compositions: int | None = Field(
+        default=None,
+        ge=1,
+        description="unique compositions wanted: the walk stops when it has them (paper: 2M); "
+        "null = walk all the epochs",
+    )
+    epochs: int = Field(
+        default=1000,
+        ge=1,
+        description="passes over all topics as start nodes (paper: ~1K); with n_compositions, "
+        "only an upper bound, and the stage says when it stopped short",
+    )
     n_topic_steps: tuple[int, int] = Field(default=(1, 2), description="inclusive range of topic-graph steps")
     n_kp_steps: tuple[int, int] = Field(
         default=(0, 4), description="inclusive range of KP-graph steps after the first KP"
@@ -193,9 +204,6 @@ class ComposeConfig(BaseModel):
     drop_without_kp: bool = Field(default=True, description="drop compositions with no KP")
     dedup: bool = Field(default=True, description="drop compositions already produced (as unordered sets)")
     shuffle_topics: bool = Field(default=True, description="shuffle the start-topic order in every epoch")
-    max_compositions: int | None = Field(
-        default=None, ge=1, description="stop after this many kept compositions"
-    )
     max_rejections: int = Field(
         default=8, ge=0, description="resample a visited neighbour this often before exact masked sampling"
     )

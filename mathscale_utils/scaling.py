@@ -30,28 +30,31 @@ TABLE6_SETTINGS = {
 PAPER_TABLE6 = {setting: TABLE6[row][0] for setting, row in TABLE6_SETTINGS.items()}  # setting -> macro %
 _TABLE7_GPT35 = TABLE7["100% GPT-3.5 (original)"]  # (micro %, macro %)
 _MATHSCALE_7B = paper_row("MathScale-7B")
-# Reference points on MWPBench with LLaMA-2 7B (METHOD.md §9.3-9.5): training pairs -> macro / micro accuracy.
+# Reference points on MWPBench with LLaMA-2 7B (METHOD.md §9.3-9.5): training examples -> macro / micro accuracy.
+# The paper's sizes count every training example (the 2M point is 2M generated pairs + the 20,857 MWPBench train).
 PAPER_POINTS = [
     {
-        "pairs": 5_000,
+        "examples": 5_000,
         "macro": _TABLE7_GPT35[1],
         "micro": _TABLE7_GPT35[0],
         "source": "Table 7 (5K, GPT-3.5 solutions)",
     },
     {
-        "pairs": 25_000,
+        "examples": 25_000,
         "macro": PAPER_TABLE6["full"],
         "micro": None,
         "source": "Table 6 (25K, all seeds and concepts)",
     },
     {
-        "pairs": 2_020_857,
+        "examples": 2_020_857,
         "macro": _MATHSCALE_7B["macro"],
         "micro": _MATHSCALE_7B["micro"],
         "source": "Table 5 (MathScale-7B)",
     },
 ]
 
+
+X = "train_rows"  # the curves' x: examples the student trained on (stage 04's card), generated and seed rows alike
 
 # the columns of a run that notebook 06 and scaling_summary.json show
 RUN_COLUMNS = ["run", "status", "setting", "seeds", "topics", "knowledge_points", "generated_pairs", "train_rows",
@@ -121,37 +124,38 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
 
 
 def scaling_frame(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
-    """Long table for curves: one row per (run, metric) with its curve and number of generated training pairs."""
+    """Long table for curves: one row per (run, metric) with its curve and its number of training examples (what
+    the student trained on: generated pairs plus seed rows, as the paper's sizes count them)."""
     if runs.empty:
-        return pd.DataFrame(columns=["run", "pairs", "metric", "accuracy"])
+        return pd.DataFrame(columns=["run", "examples", "metric", "accuracy"])
     cols = [c for c in runs.columns if c.startswith(f"{judge}:") or c in (f"{judge}_micro", f"{judge}_macro")]
-    ids = ["run", "curve", "generated_pairs"] if "curve" in runs else ["run", "generated_pairs"]
+    ids = ["run", "curve", X] if "curve" in runs else ["run", X]
     long = runs.melt(id_vars=ids, value_vars=cols, var_name="metric", value_name="accuracy")
     long["metric"] = (
         long["metric"].str.replace(f"{judge}:", "", regex=False).str.replace(f"{judge}_", "", regex=False)
     )
-    return long.dropna(subset=["accuracy", "generated_pairs"]).rename(columns={"generated_pairs": "pairs"})
+    return long.dropna(subset=["accuracy", X]).rename(columns={X: "examples"})
 
 
 def micro_interval(runs: pd.DataFrame, judge: str = "paper", z: float = 1.96) -> pd.DataFrame:
     """Per size, the micro accuracy's normal-approximation interval over the evaluated items (percent): with a few
     dozen items it spans tens of points, which is what a CPU-sized curve must be read against."""
-    cols = ["pairs", "micro", "n", "low", "high"]
+    cols = ["examples", "micro", "n", "low", "high"]
     if runs.empty or f"{judge}_micro" not in runs or "eval_items" not in runs:
         return pd.DataFrame(columns=cols)
-    d = runs.dropna(subset=[f"{judge}_micro", "generated_pairs", "eval_items"])
-    d = d.groupby("generated_pairs", as_index=False).agg(
+    d = runs.dropna(subset=[f"{judge}_micro", X, "eval_items"])
+    d = d.groupby(X, as_index=False).agg(
         micro=(f"{judge}_micro", "mean"), n=("eval_items", "sum")
     )
     half = z * (d["micro"] * (100 - d["micro"]) / d["n"].clip(lower=1)) ** 0.5
     d["low"], d["high"] = (d["micro"] - half).clip(lower=0), (d["micro"] + half).clip(upper=100)
-    return d.rename(columns={"generated_pairs": "pairs"}).sort_values("pairs")[cols]
+    return d.rename(columns={X: "examples"}).sort_values("examples")[cols]
 
 
 def curve_runs(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
-    """Evaluated runs that measure data size: every run with an accuracy and a pair count, except the Table 6
+    """Evaluated runs that measure data size: every run with an accuracy and a training size, except the Table 6
     variants (a sweep's `seeds50`, `kps50`, ... change the concepts, not the size; their `full` setting stays)."""
-    need = {f"{judge}_macro", "generated_pairs"}
+    need = {f"{judge}_macro", X}
     if runs.empty or not need <= set(runs.columns):
         return runs.iloc[0:0]
     variant = (
@@ -161,7 +165,7 @@ def curve_runs(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
 
 
 def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points: bool = True):
-    """Accuracy against generated pairs (log x); paper points as stars. One curve (sweep or lone run): a thin line
+    """Accuracy against training examples (log x); paper points as stars. One curve (sweep or lone run): a thin line
     per dataset, thick micro/macro and the micro's 95% band. Several: micro and macro per curve, so different sweeps
     or students are never averaged together."""
     import matplotlib.pyplot as plt
@@ -174,7 +178,7 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
         for metric, g in long.groupby("metric"):
             if len(groups) > 1 and metric not in ("micro", "macro"):
                 continue
-            g = g.groupby("pairs", as_index=False)["accuracy"].mean().sort_values("pairs")
+            g = g.groupby("examples", as_index=False)["accuracy"].mean().sort_values("examples")
             if len(groups) == 1:
                 label = metric
                 style = (
@@ -189,17 +193,17 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
                     "color": f"C{i % 10}",
                     "linestyle": "-" if metric == "macro" else ":",
                 }
-            ax.plot(g["pairs"].clip(lower=1), g["accuracy"], marker="o", label=label, **style)
+            ax.plot(g["examples"].clip(lower=1), g["accuracy"], marker="o", label=label, **style)
     band = micro_interval(runs, judge) if len(groups) == 1 else pd.DataFrame()
     if not band.empty:
-        ax.fill_between(band["pairs"].clip(lower=1), band["low"], band["high"], color="dimgray", alpha=0.15,
+        ax.fill_between(band["examples"].clip(lower=1), band["low"], band["high"], color="dimgray", alpha=0.15,
                         label="micro, 95% interval (items)")  # fmt: skip
     if paper_points:
         for p in PAPER_POINTS:
-            ax.scatter([p["pairs"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)
+            ax.scatter([p["examples"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)
         ax.scatter([], [], marker="*", s=160, color="tab:red", label="paper macro (LLaMA-2 7B)")
     ax.set_xscale("log")
-    ax.set_xlabel("generated training pairs (log scale)")
+    ax.set_xlabel("training examples: generated pairs + seed rows (log scale)")
     ax.set_ylabel(f"accuracy, % ({judge} judge)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)

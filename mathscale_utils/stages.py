@@ -147,6 +147,9 @@ def graph(P: Params, log: Log = print) -> dict:
     _save(cg.topic_kp_heatmap(cg.topic_kp_matrix(G, n_topics=15, n_kps=25)), run.heatmap_png)
     summary = {**cg.graph_summary(G), "compositions": comps.stats, "views": sorted(written)}
     write_json(run.graph_summary, summary)
+    if short := comps.stats["short_of_target"]:
+        log(f"warning: the walk stopped after {P.compose.epochs} epochs, {short} short of compose.n_compositions: "
+            "raise compose.epochs, or the graph has fewer distinct combinations than asked for")  # fmt: skip
     counts = cg.type_counts(G)
     log(f"graph: {counts['nodes']} nodes, {counts['edges']} edges; {len(comps)} compositions")
     return summary

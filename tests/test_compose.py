@@ -116,13 +116,17 @@ def test_dedup_equals_first_occurrence_filter(syn_graph):
     assert len(raw) > len(kept)
 
 
-def test_max_compositions_cap_and_accounting(syn_graph):
-    cfg = ComposeConfig(epochs=1000, max_compositions=333, chunk_walkers=100)
+def test_the_walk_stops_at_the_number_of_unique_compositions_asked_for(syn_graph):
+    cfg = ComposeConfig(epochs=1000, n_compositions=333, chunk_walkers=100)
     res = compose(syn_graph, cfg, seed=0)
     st = res.stats
-    assert len(res) == 333 and st["stopped_at_cap"]
+    assert len(res) == 333 and st["reached_target"] and st["short_of_target"] == 0
     assert st["walks"] == st["kept"] + st["dropped_no_topic"] + st["dropped_no_kp"] + st["dropped_duplicate"]
     assert st["epochs_run"] < 1000
+    few = compose(
+        syn_graph, ComposeConfig(epochs=2, n_compositions=10**6), seed=0
+    ).stats  # the cap comes first
+    assert not few["reached_target"] and few["short_of_target"] == 10**6 - few["kept"] > 0
 
 
 def test_dead_ends_and_drop_rules():

@@ -92,17 +92,19 @@ def test_collect_runs_and_scaling_frame(tmp_path, fake_openai):
     assert sorted(runs["run"]) == ["a", "b"]
     assert runs.set_index("run").loc["b", "paper_macro"] == 62.5  # gsm8k 3/4, tal 1/2
     assert runs.set_index("run").loc["a", "paper:gsm8k"] == 50.0
+    # sizes count every training example, as the paper's do: 8 generated pairs + the 4 seed rows appended
+    assert runs.set_index("run").loc["a", ["generated_pairs", "train_rows"]].tolist() == [8, 12]
     long = scaling.scaling_frame(runs, "strict")
     assert set(long["metric"]) == {"micro", "macro", "gsm8k", "tal"}
     assert (
-        long[(long.metric == "macro") & (long.pairs == 16)]["accuracy"].item() == 50.0
+        long[(long.metric == "macro") & (long.examples == 16 + 4)]["accuracy"].item() == 50.0
     )  # gsm8k 2/4, tal 1/2
     ax = scaling.plot_scaling(runs)
     assert ax.get_xscale() == "log"
-    band = scaling.micro_interval(runs).set_index("pairs")
+    band = scaling.micro_interval(runs).set_index("examples")
     micro = 100 * 2 / 6  # run a: 2 of its 6 items right by the paper's judge (its macro is 25%)
     half = 1.96 * math.sqrt(micro * (100 - micro) / 6)
-    assert band.loc[8, "low"] == 0.0 and band.loc[8, "high"] == pytest.approx(micro + half)
+    assert band.loc[12, "low"] == 0.0 and band.loc[12, "high"] == pytest.approx(micro + half)
     assert scaling.micro_interval(runs.iloc[0:0]).empty
 
 
