@@ -144,9 +144,7 @@ def micro_interval(runs: pd.DataFrame, judge: str = "paper", z: float = 1.96) ->
     if runs.empty or f"{judge}_micro" not in runs or "eval_items" not in runs:
         return pd.DataFrame(columns=cols)
     d = runs.dropna(subset=[f"{judge}_micro", X, "eval_items"])
-    d = d.groupby(X, as_index=False).agg(
-        micro=(f"{judge}_micro", "mean"), n=("eval_items", "sum")
-    )
+    d = d.groupby(X, as_index=False).agg(micro=(f"{judge}_micro", "mean"), n=("eval_items", "sum"))
     half = z * (d["micro"] * (100 - d["micro"]) / d["n"].clip(lower=1)) ** 0.5
     d["low"], d["high"] = (d["micro"] - half).clip(lower=0), (d["micro"] + half).clip(upper=100)
     return d.rename(columns={X: "examples"}).sort_values("examples")[cols]
