@@ -93,7 +93,10 @@ def _load_cache(path: Path) -> dict[str, dict]:
 
 
 def model_id(cfg: LLMConfig) -> str:
-    """What answers, for cache keys: the model name, plus the adapter's content hash when a LoRA is loaded."""
+    """What answers, for cache keys: cfg.identity when set (a served student: its base, the content hash of what
+    stage 04 trained, how it is served), else the model name, plus the adapter's content hash with a LoRA."""
+    if cfg.identity:
+        return cfg.identity
     if not cfg.lora_path:
         return cfg.model
     digest = hashlib.sha256(Path(cfg.lora_path).read_bytes()).hexdigest()[:16]

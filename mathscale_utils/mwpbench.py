@@ -201,8 +201,10 @@ def run_eval(
     *,
     retry_errors: bool = True,
     desc: str = "eval",
+    kind: str = "chat",
 ) -> list[dict]:
-    """Ask ``llm`` every record's filled template as ONE user message (greedy, cfg.max_tokens, cfg.stop), judge each
+    """Ask ``llm`` every record's filled template as ONE user message (kind "chat") or as the bare prompt of a text
+    completion (kind "completion": base models have no chat template), greedy, cfg.max_tokens, cfg.stop; judge each
     answer with both judges, and append rows to ``out_path`` after every chunk of ``cfg.chunk_size``.
 
     Resumable: ids already in ``out_path`` are skipped (those whose request failed are asked again when
@@ -235,7 +237,9 @@ def run_eval(
     for start in range(0, len(todo), cfg.chunk_size):
         chunk = todo[start : start + cfg.chunk_size]
         reqs = [
-            ChatRequest(
+            ChatRequest(prompt=prompts[r.id], temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
+            if kind == "completion"
+            else ChatRequest(
                 messages=[{"role": "user", "content": prompts[r.id]}],
                 temperature=0.0,
                 max_tokens=cfg.max_tokens,

@@ -75,6 +75,9 @@ class LLMConfig(BaseModel):
     retry_max_wait_s: float = 30.0  # cap on one backoff and on an honoured Retry-After
     response_format_style: Literal["auto", "llama_cpp", "openai"] = "auto"  # auto: llama_cpp when embedded
     lora_path: str | None = None  # a GGUF LoRA adapter for the embedded server
+    identity: str | None = (
+        None  # what answers, for cache keys, when the model name does not say it (a student)
+    )
     cache_fsync: bool = False  # fsync every cache append: survives power loss, not only a killed process
     backend: Literal["chat", "batch"] = Field(
         "chat", description="chat: live requests; batch: the provider's Batch API (half price, up to 24 h)"
@@ -379,6 +382,25 @@ class EvalConfig(BaseModel):
     )
     use_adapter: bool = Field(
         True, description="use run_dir/adapter when it exists (wired by the fine-tuning stage)"
+    )
+    serve: Literal["auto", "off", "llama_cpp", "vllm"] = Field(
+        "auto",
+        description="who serves the trained student: llama_cpp (the GGUF base + adapter.gguf) or vllm, "
+        "started by this stage and stopped after it; off: evaluate.model at evaluate.base_url, served by you; "
+        "auto: llama_cpp when stage 04 wrote adapter.gguf, else off",
+    )
+    request: Literal["auto", "chat", "completion"] = Field(
+        "auto",
+        description="completion: the bare template to /v1/completions (base models have no chat template, "
+        "and a student trained with prompt_format alpaca saw exactly that); chat: one user message; auto: "
+        "completion for a student trained on prompt_format alpaca, else chat",
+    )
+    vllm_command: list[str] = Field(
+        default_factory=lambda: ["vllm", "serve"],
+        description="how to start vLLM (serve: vllm), before its arguments",
+    )
+    server_startup_s: float = Field(
+        900.0, gt=0, description="how long a started student server may take to be ready"
     )
     chunk_size: int = Field(
         32, ge=1, description="requests per chat_many call; predictions are saved after each"

@@ -1,5 +1,6 @@
-"""Serving the student (stage 04 -> 05): the LoRA adapter in llama.cpp's form, which model stage 05 asks, and the
-before/after answers of the held-out questions, all through the project's one LLM client.
+"""Serving the student (stage 04 -> 05): the LoRA adapter in llama.cpp's form, the server stage 05 starts for the
+student and what identifies it, and the before/after answers of the held-out questions, all through the project's
+one LLM client.
 
 On CPU the student is the embedded GGUF base with ``adapter/adapter.gguf`` (llama.cpp's ``convert_lora_to_gguf.py``
 turns the peft adapter into it, against the materialised base's config), served by the embedded llama.cpp server,
@@ -9,12 +10,20 @@ about ten times faster than transformers. On a GPU box the adapter is served by 
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mathscale_utils.artifacts import stage
@@ -22,7 +31,7 @@ from mathscale_utils.chat import ChatRequest
 from mathscale_utils.finetune import alpaca_prompt, split_rows, train_file
 from mathscale_utils.io import read_jsonl, write_jsonl
 from mathscale_utils.llm import LLM
-from mathscale_utils.models import REGISTRY, base_path
+from mathscale_utils.models import REGISTRY, LocalServer, base_path, ensure_model
 from mathscale_utils.params import LLMConfig, Params
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -73,42 +82,146 @@ def convert_adapter_to_gguf(adapter_dir: str | Path, base_model: str, out: str |
     return out
 
 
-def student_llm(P: Params) -> tuple[LLMConfig, str]:
-    """Which model stage 05 asks, as an llm section, and a line saying why.
+def student_id(P: Params) -> str | None:
+    """What stage 04 trained, for cache keys and prediction rows: the base and a content hash of the trained weights
+    (the peft adapter, else the GGUF adapter, else the full model's training card), the same however it is served;
+    None when there is no trained student. A later student, retrained, is then never answered from the cache."""
+    run, base = P.run, P.finetune.base_model
+    weights = sorted(run.adapter.glob("adapter_model*.safetensors")) or sorted(run.adapter.glob("*.gguf"))
+    kind = "lora"
+    if not weights and run.training_card.exists() and (run.adapter / "config.json").exists():
+        weights, kind = [run.training_card], "full"
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.read_bytes())
+    return f"{base}+{kind}:{h.hexdigest()[:16]}"
 
-    1. `evaluate.model` names one: that model, no adapter, at `evaluate.base_url` when given (e.g. vLLM serving the
-       student with its LoRA), else at llm.base_url.
-    2. Else, with `evaluate.use_adapter` and the LoRA GGUF that stage 04 wrote (run_dir/adapter/adapter.gguf): the
-       student, `finetune.base_model` on the embedded server with that adapter.
-    3. Else the llm section's model itself (evaluating the teacher, or any endpoint model). A peft adapter without
-       its llama.cpp form (a GPU run) is an error here rather than a silent evaluation of the teacher.
-    """
-    cfg = P.evaluate
-    if cfg.model:
-        update = {"model": cfg.model, "lora_path": None, "backend": "chat"}
-        if cfg.base_url:
-            update["base_url"] = cfg.base_url
-        where = f" at {cfg.base_url}" if cfg.base_url else ""
-        return P.llm.model_copy(update=update), f"evaluate.model = {cfg.model}{where}"
-    adapter = P.run.adapter_gguf
-    if cfg.use_adapter and not adapter.exists() and (adapter.parent / "adapter_config.json").exists():
-        raise ValueError(
-            f"stage 04 wrote a LoRA adapter ({adapter.parent}) but no llama.cpp form of it, so the embedded server "
-            "cannot serve the student: serve it (e.g. vllm serve BASE --enable-lora --lora-modules "
-            f"student={adapter.parent}) and set evaluate.model: student and evaluate.base_url, or set "
-            "evaluate.use_adapter: false to evaluate the llm section's model"
+
+def request_kind(P: Params, student: bool) -> str:
+    """chat or completion for stage 05's requests (see EvalConfig.request)."""
+    if P.evaluate.request != "auto":
+        return P.evaluate.request
+    return "completion" if student and P.finetune.prompt_format == "alpaca" else "chat"
+
+
+@contextmanager
+def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
+    """The model stage 05 asks, as an llm section, and a line saying why; a student server this starts (llama.cpp's
+    server with the GGUF base and adapter.gguf, or `vllm serve` with the LoRA or the full model) runs on 127.0.0.1
+    for the length of the block and is stopped after it (evaluate.serve):
+
+    - evaluate.model: that model at evaluate.base_url (a server you run), keyed by the trained student when
+      stage 04 made one, so that another student behind the same name is asked again;
+    - else the trained student, served here;
+    - else the llm section's model itself (evaluating the teacher). A trained adapter that cannot be served here
+      is an error rather than a silent evaluation of the teacher."""
+    ev, run = P.evaluate, P.run
+    sid = student_id(P) if ev.use_adapter else None
+    mode = ev.serve
+    if mode == "auto":
+        mode = "llama_cpp" if sid and not ev.model and run.adapter_gguf.exists() else "off"
+    plain = {"lora_path": None, "backend": "chat", "identity": None}
+    if mode == "off":
+        if ev.model:
+            where = ev.base_url or P.llm.base_url or "the embedded server"
+            identity = f"{ev.model}@{where}" + (f"|{sid}" if sid else "")
+            update = {**plain, "model": ev.model, "identity": identity}
+            if ev.base_url:
+                update["base_url"] = ev.base_url
+            yield P.llm.model_copy(update=update), f"evaluate.model = {ev.model} at {where}"
+            return
+        if sid:
+            raise ValueError(
+                f"stage 04 trained a student ({run.adapter}) that this stage cannot serve: set evaluate.serve: vllm "
+                "(on a GPU box), or serve it yourself and set evaluate.model and evaluate.base_url, or set "
+                "evaluate.use_adapter: false to evaluate the llm section's model"
+            )
+        yield P.llm, f"the llm section's model {P.llm.model} (no trained student in {run.adapter})"
+        return
+    if not sid:
+        raise ValueError(f"evaluate.serve: {mode} needs a student trained by stage 04 in {run.adapter}")
+    server = _student_server(P, mode)
+    try:
+        server.start()
+        update = {**plain, "model": "student", "base_url": server.base_url, "identity": f"{sid}@{mode}",
+                  "concurrency": getattr(server, "slots", 1)}  # fmt: skip
+        yield (
+            P.llm.model_copy(update=update),
+            f"the fine-tuned student {sid}, served by {mode} at {server.base_url}",
         )
-    if cfg.use_adapter and adapter.exists():
-        student = P.finetune.base_model
-        update = {
-            "model": student,
-            "base_url": None,
-            "lora_path": str(adapter),
-            "concurrency": 1,
-            "backend": "chat",
-        }
-        return P.llm.model_copy(update=update), f"the fine-tuned student: {student} + LoRA {adapter}"
-    return P.llm, f"the llm section's model {P.llm.model} (no adapter found at {adapter})"
+    finally:
+        server.stop()
+
+
+def _student_server(P: Params, mode: str):
+    """llama.cpp's server with the GGUF base and adapter.gguf, or vLLM with the LoRA (or the full model)."""
+    run, ft = P.run, P.finetune
+    log = run.root / "student_server.log"
+    if mode == "llama_cpp":
+        if not run.adapter_gguf.exists():
+            raise ValueError(f"evaluate.serve: llama_cpp needs {run.adapter_gguf} (an embedded base model)")
+        gguf = ensure_model(ft.base_model)
+        return LocalServer(gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log)
+    full = not (run.adapter / "adapter_config.json").exists()
+    args = [str(run.adapter) if full else base_path(ft.base_model), "--served-model-name", "student"]
+    if not full:
+        args = [base_path(ft.base_model), "--enable-lora", "--max-lora-rank", str(ft.lora_r),
+                "--lora-modules", f"student={run.adapter}"]  # fmt: skip
+    return CommandServer([*P.evaluate.vllm_command, *args], log, P.evaluate.server_startup_s)
+
+
+class CommandServer:
+    """An OpenAI-compatible server started as `command --host 127.0.0.1 --port N` (vLLM's form), ready when
+    /v1/models answers, logging to a file, stopped (and killed if it lingers) on stop() or when we exit."""
+
+    slots = 64  # vLLM batches what it is sent
+
+    def __init__(self, command: list[str], log_path: Path, startup_s: float):
+        self.command, self.log_path, self.startup_s = command, Path(log_path), startup_s
+        self.port, self.proc = 0, None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> CommandServer:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cmd = [*self.command, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.startup_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{cmd[0]} exited with code {self.proc.returncode} while starting; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{cmd[0]} not ready after {self.startup_s:g} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        atexit.unregister(self.stop)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 def answer_request(question: str, fmt: str, max_tokens: int) -> ChatRequest:

@@ -40,7 +40,14 @@ from mathscale_utils.io import DataError, read_json, read_jsonl, write_json, wri
 from mathscale_utils.llm import LLM
 from mathscale_utils.params import Params, resolve_path
 from mathscale_utils.seeds import load_seeds
-from mathscale_utils.serve import can_convert, compare, convert_adapter_to_gguf, student_llm
+from mathscale_utils.serve import (
+    can_convert,
+    compare,
+    convert_adapter_to_gguf,
+    request_kind,
+    serving,
+    student_id,
+)
 
 Log = Callable[[str], None]
 
@@ -220,8 +227,6 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
 def evaluate(P: Params, log: Log = print) -> dict:
     """05 (§2, §4.2): the student answers MWPBench; the paper's judge and the strict judge score each answer."""
     cfg, run = P.evaluate, P.run
-    llm_cfg, why = student_llm(P)
-    log(f"model: {llm_cfg.model} ({why})")
     official = resolve_path(cfg.official_test_file) if cfg.official_test_file else None
     avail = availability(
         "test", P.data_dir, official, include_fresh=True, extra_keywords=cfg.mc_extra_keywords
@@ -229,8 +234,10 @@ def evaluate(P: Params, log: Log = print) -> dict:
     records, warnings = mwpbench.select_records(cfg, P.data_dir, P.seed)
     for w in warnings:
         log(f"warning: {w}")
-    with LLM.for_stage(P, stage("05").label, llm_cfg) as llm:
-        rows = mwpbench.run_eval(records, llm, cfg, run.predictions)
+    kind = request_kind(P, student_id(P) is not None and cfg.use_adapter)
+    with serving(P) as (llm_cfg, why), LLM.for_stage(P, stage("05").label, llm_cfg) as llm:
+        log(f"model: {llm.model_id} ({why}; {kind} requests)")
+        rows = mwpbench.run_eval(records, llm, cfg, run.predictions, kind=kind)
         usage = llm.usage()
     metrics = mwpbench.compute_metrics(rows, availability_rows=avail)
     counts = requests_counts(r["error"] for r in rows)

@@ -39,7 +39,9 @@ Fault = Callable[[str, int], "str | None"] | None
 
 
 def prompt_of(body: dict) -> str:
-    """The text the counters are keyed by: the content of the last message."""
+    """The text the counters are keyed by: the content of the last message, or a text completion's prompt."""
+    if "prompt" in body:
+        return str(body["prompt"])
     msgs = body.get("messages") or [{}]
     content = msgs[-1].get("content", "")
     return content if isinstance(content, str) else json.dumps(content)
@@ -61,7 +63,7 @@ def random_faults(
 
 
 class FakeOpenAI:
-    """POST /v1/chat/completions, GET /v1/models and GET /stats, served from a background thread.
+    """POST /v1/chat/completions and /v1/completions, GET /v1/models and GET /stats, from a background thread.
 
     answer: None (reply "echo: <prompt>"), a callable(request body) -> text or {"content", "usage",
     "finish_reason"}, a dict prompt -> text, or a list of texts consumed in order. All attributes can be
@@ -122,9 +124,14 @@ class FakeOpenAI:
             out = {"content": out}
         content = out.get("content")
         n_prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 3
+        n_prompt += len(str(body.get("prompt", "")).split())
         n_completion = len((content or "").split()) + 1
         usage = dict(out.get("usage") or {"prompt_tokens": n_prompt, "completion_tokens": n_completion})
         usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
+        if "prompt" in body:  # POST /v1/completions
+            choice = {"index": 0, "text": content, "finish_reason": out.get("finish_reason", "stop")}
+            return {"id": f"cmpl-{self.total_completed}", "object": "text_completion", "created": int(time.time()),
+                    "model": body.get("model", self.model), "choices": [choice], "usage": usage}  # fmt: skip
         return {
             "id": f"chatcmpl-{self.total_completed}",
             "object": "chat.completion",
@@ -231,6 +238,7 @@ class FakeOpenAI:
         self._stop, self._release = asyncio.Event(), asyncio.Event()
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,26 +207,79 @@ def test_rejudge_recomputes_verdicts(tmp_path):
 
 def test_which_model_stage_05_asks(tmp_path):
     from mathscale_utils.params import parse_params
-    from mathscale_utils.serve import student_llm
+    from mathscale_utils.serve import _student_server, request_kind, serving, student_id
 
     def params(extra: str = ""):
         text = f"run_name: r\noutputs_dir: {tmp_path}\nllm: {{model: teacher, base_url: http://api.example/v1}}\n"
         return parse_params(text + extra)
 
-    cfg, why = student_llm(params())
-    assert cfg.model == "teacher" and "no adapter" in why
-    cfg, why = student_llm(params("evaluate: {model: student, base_url: 'http://127.0.0.1:8000/v1'}\n"))
-    assert (cfg.model, cfg.base_url, cfg.lora_path) == ("student", "http://127.0.0.1:8000/v1", None)
+    with serving(params()) as (cfg, why):
+        assert cfg.model == "teacher" and "no trained student" in why
+    with serving(params("evaluate: {model: student, base_url: 'http://127.0.0.1:8000/v1'}\n")) as (cfg, why):
+        assert (cfg.model, cfg.base_url, cfg.lora_path) == ("student", "http://127.0.0.1:8000/v1", None)
     adapter = tmp_path / "r" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="no llama.cpp form"):  # a GPU adapter is never silently skipped
-        student_llm(params())
-    assert student_llm(params("evaluate: {use_adapter: false}\n"))[0].model == "teacher"
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="cannot serve"), serving(params()):  # a GPU adapter is never skipped
+        pass
+    with serving(params("evaluate: {use_adapter: false}\n")) as (cfg, _):
+        assert cfg.model == "teacher"
     (adapter / "adapter.gguf").write_bytes(b"gguf")
-    cfg, why = student_llm(params("finetune: {base_model: smollm2-135m-instruct}\n"))
-    assert (cfg.model, cfg.base_url, cfg.lora_path) == (
-        "smollm2-135m-instruct",
-        None,
-        str(adapter / "adapter.gguf"),
+    P = params("finetune: {base_model: smollm2-135m-instruct, prompt_format: alpaca}\n")
+    assert student_id(P) == "smollm2-135m-instruct+lora:" + hashlib.sha256(b"weights").hexdigest()[:16]
+    assert request_kind(P, student=True) == "completion" and request_kind(P, student=False) == "chat"
+    if _model_missing():
+        return
+    server = _student_server(P, "llama_cpp")  # the GGUF base with adapter.gguf (not started here)
+    args = server.server_args()
+    assert str(adapter / "adapter.gguf") in args and "student" in args
+
+
+def _model_missing() -> bool:
+    from mathscale_utils.models import ModelError, ensure_model
+
+    try:
+        ensure_model("smollm2-135m-instruct")
+    except ModelError:
+        return True
+    return False
+
+
+def test_each_student_behind_one_endpoint_is_asked_afresh(tmp_path, fake_openai):
+    """Evaluation through an endpoint keys its cache and prediction rows by the student (base, content hash of the
+    trained weights, endpoint), not by the model name: a retrained student behind the same name is asked again."""
+    from mathscale_utils.llm import LLM
+    from mathscale_utils.params import parse_params
+    from mathscale_utils.serve import serving
+
+    fake_openai.answer = lambda body: "The answer is 18."
+    P = parse_params(
+        f"run_name: r\noutputs_dir: {tmp_path}\ncache_dir: {tmp_path / 'shared-cache'}\n"
+        f"evaluate: {{model: student, base_url: '{fake_openai.base_url}'}}\n"
     )
+    adapter = P.run.adapter
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    models = []
+    for weights in (b"student one", b"student two"):
+        (adapter / "adapter_model.safetensors").write_bytes(weights)
+        before = fake_openai.total_completed
+        with serving(P) as (cfg, _), LLM.for_stage(P, "05_evaluate", cfg, progress=False) as llm:
+            rows = run_eval(RECORDS[:3], llm, EvalConfig(), P.run.predictions)
+        assert fake_openai.total_completed - before == 3  # asked, not answered from the first student's cache
+        models.append({r["model"] for r in rows})
+    assert len(models[0]) == len(models[1]) == 1 and models[0] != models[1]
+    assert all(fake_openai.base_url in m and "student" in m for ms in models for m in ms)
+
+
+def test_a_base_model_student_gets_the_bare_alpaca_prompt_as_a_text_completion(tmp_path, fake_openai):
+    from mathscale_utils.llm import LLM, LLMConfig
+
+    fake_openai.answer = lambda body: " The answer is 18."
+    cfg = LLMConfig(model="student", base_url=fake_openai.base_url, identity="base+lora:1")
+    with LLM(cfg, tmp_path, "t", progress=False) as llm:
+        rows = run_eval(RECORDS[:1], llm, EvalConfig(), tmp_path / "p.jsonl", kind="completion")
+    body = fake_openai.bodies[-1]
+    assert "messages" not in body and body["prompt"] == fill_template("alpaca", RECORDS[0].question)
+    assert rows[0]["completion"] == " The answer is 18." and rows[0]["model"] == "base+lora:1"
