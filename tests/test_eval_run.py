@@ -283,3 +283,33 @@ def test_a_base_model_student_gets_the_bare_alpaca_prompt_as_a_text_completion(t
     body = fake_openai.bodies[-1]
     assert "messages" not in body and body["prompt"] == fill_template("alpaca", RECORDS[0].question)
     assert rows[0]["completion"] == " The answer is 18." and rows[0]["model"] == "base+lora:1"
+
+
+def test_stage_05_starts_and_stops_a_vllm_server_for_the_student(tmp_path, monkeypatch):
+    """evaluate.serve: vllm runs `vllm serve BASE --enable-lora --lora-modules student=ADAPTER` on loopback for the
+    stage (a stand-in executable here: no GPU), asks it, and stops it after."""
+    import socket
+    import sys
+
+    from mathscale_utils.llm import LLM
+    from mathscale_utils.params import parse_params
+    from mathscale_utils.serve import request_kind, serving
+
+    shim = Path(__file__).resolve().parent / "vllm_shim.py"
+    monkeypatch.setenv("VLLM_SHIM_ARGS", str(tmp_path / "argv.json"))
+    P = parse_params(
+        f"run_name: r\noutputs_dir: {tmp_path}\nfinetune: {{base_model: org/base-7b, prompt_format: alpaca}}\n"
+        f"evaluate: {{serve: vllm, vllm_command: ['{sys.executable}', '{shim}'], server_startup_s: 60}}\n"
+    )
+    P.run.adapter.mkdir(parents=True)
+    (P.run.adapter / "adapter_config.json").write_text("{}")
+    (P.run.adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    with serving(P) as (cfg, why), LLM.for_stage(P, "05_evaluate", cfg, progress=False) as llm:
+        port = int(cfg.base_url.rsplit(":", 1)[1].split("/")[0])
+        rows = run_eval(RECORDS[:2], llm, EvalConfig(), P.run.predictions, kind=request_kind(P, True))
+    assert "vllm" in why and [r["completion"] for r in rows] == [" The answer is 18."] * 2
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[0] == "org/base-7b" and f"student={P.run.adapter}" in argv and "--enable-lora" in argv
+    assert rows[0]["model"].startswith("org/base-7b+lora:") and rows[0]["model"].endswith("@vllm")
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # stopped after the stage
