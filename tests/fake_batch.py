@@ -1,0 +1,200 @@
+"""A fake OpenAI-compatible Batch API (/v1/files, /v1/batches) on loopback, for tests: upload, create, status
+transitions one per retrieve, output and error files, and a plan deciding each request's fate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from aiohttp import web
+
+Plan = Callable[[str, dict, int], str]  # (custom_id, body, submission number) -> "ok" | "fail" | "expire"
+
+
+def echo(body: dict) -> str:
+    return "reply to " + body["messages"][-1]["content"]
+
+
+class FakeBatchAPI:
+    """OpenAI-compatible Files + Batches endpoints. A batch advances one status per retrieve (validating ->
+    in_progress -> finalizing -> terminal) unless `hold` is set; `plan` decides each request's fate."""
+
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        answer: Callable[[dict], str | dict] = echo,
+        fail_first_batch: bool = False,
+    ):
+        self.plan = plan or (lambda cid, body, n: "ok")
+        self.answer, self.fail_first_batch = answer, fail_first_batch
+        self.hold = False
+        self.files: dict[str, tuple[bytes, str, str]] = {}
+        self.batches: dict[str, dict] = {}
+        self.submissions: Counter[str] = Counter()  # custom_id -> times submitted in a created batch
+        self.calls: Counter[str] = Counter()  # endpoint -> requests
+        self.port = 0
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _file(self, data: bytes, purpose: str, name: str) -> dict:
+        fid = f"file-{len(self.files) + 1:03d}"
+        self.files[fid] = (data, purpose, name)
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": name,
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self.calls["files.create"] += 1
+        form = await request.post()
+        f = form["file"]
+        assert form["purpose"] == "batch"
+        return web.json_response(self._file(f.file.read(), "batch", f.filename))
+
+    async def content(self, request: web.Request) -> web.Response:
+        self.calls["files.content"] += 1
+        return web.Response(
+            body=self.files[request.match_info["fid"]][0], content_type="application/octet-stream"
+        )
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.calls["batches.create"] += 1
+        body = await request.json()
+        assert body["endpoint"] == "/v1/chat/completions" and body["completion_window"] == "24h"
+        lines = [
+            json.loads(x) for x in self.files[body["input_file_id"]][0].decode().splitlines() if x.strip()
+        ]
+        for line in lines:
+            assert (
+                line["method"] == "POST"
+                and line["url"] == "/v1/chat/completions"
+                and "messages" in line["body"]
+            )
+            self.submissions[line["custom_id"]] += 1
+        bid = f"batch_{len(self.batches) + 1:03d}"
+        b = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": body["input_file_id"],
+             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
+             "created_at": int(time.time()), "metadata": body.get("metadata"),
+             "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}  # fmt: skip
+        self.batches[bid] = {
+            "obj": b,
+            "lines": lines,
+            "polls": 0,
+            "rounds": [self.submissions[x["custom_id"]] for x in lines],
+        }
+        return web.json_response(b)
+
+    def _finish(self, st: dict) -> None:
+        b = st["obj"]
+        if self.fail_first_batch and b["id"] == "batch_001":
+            b["status"] = "failed"
+            b["errors"] = {
+                "object": "list",
+                "data": [{"code": "invalid_file", "message": "injected validation failure"}],
+            }
+            return
+        out, err, expired = [], [], False
+        for line, n in zip(st["lines"], st["rounds"], strict=True):
+            cid, body = line["custom_id"], line["body"]
+            fate = self.plan(cid, body, n)
+            if fate == "ok":
+                a = self.answer(body)
+                a = {"content": a} if isinstance(a, str) else a
+                comp = {"id": f"chatcmpl-{cid[:8]}", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": a["content"]},
+                                     "finish_reason": a.get("finish_reason", "stop")}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+                out.append(
+                    {
+                        "id": f"batch_req_{cid[:8]}",
+                        "custom_id": cid,
+                        "response": {"status_code": 200, "request_id": "r", "body": comp},
+                        "error": None,
+                    }
+                )
+            elif fate == "fail":
+                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "error": None,
+                            "response": {"status_code": 500, "request_id": "r", "body": {"error": {"message": "injected server error", "type": "server_error"}}}})  # fmt: skip
+            else:
+                expired = True
+                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": None,
+                            "error": {"code": "batch_expired", "message": "not executed before the completion window expired"}})  # fmt: skip
+        b["status"] = "expired" if expired else "completed"
+        b["request_counts"] = {"total": len(st["lines"]), "completed": len(out), "failed": len(err)}
+        if out:
+            b["output_file_id"] = self._file(
+                "".join(json.dumps(x) + "\n" for x in out).encode(), "batch_output", "out.jsonl"
+            )["id"]
+        if err:
+            b["error_file_id"] = self._file(
+                "".join(json.dumps(x) + "\n" for x in err).encode(), "batch_output", "err.jsonl"
+            )["id"]
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        self.calls["batches.retrieve"] += 1
+        st = self.batches[request.match_info["bid"]]
+        b = st["obj"]
+        if b["status"] in ("completed", "expired", "failed", "cancelled") or self.hold:
+            return web.json_response(b)
+        st["polls"] += 1
+        if st["polls"] == 1:
+            b["status"] = "in_progress"
+        elif st["polls"] == 2:
+            b["status"] = "finalizing"
+        else:
+            self._finish(st)
+        return web.json_response(b)
+
+    async def list(self, request: web.Request) -> web.Response:
+        self.calls["batches.list"] += 1
+        data = [st["obj"] for st in reversed(self.batches.values())]
+        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None, "has_more": False})  # fmt: skip
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.calls["chat"] += 1  # the batch path must never get here
+        return web.json_response({"error": {"message": "live calls are not expected"}}, status=400)
+
+    def __enter__(self) -> FakeBatchAPI:
+        def run() -> None:
+            async def serve() -> None:
+                app = web.Application(client_max_size=64 * 1024**2)
+                app.router.add_post("/v1/files", self.upload)
+                app.router.add_get("/v1/files/{fid}/content", self.content)
+                app.router.add_post("/v1/batches", self.create)
+                app.router.add_get("/v1/batches", self.list)
+                app.router.add_get("/v1/batches/{bid}", self.retrieve)
+                app.router.add_post("/v1/chat/completions", self.chat)
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                self.port = runner.addresses[0][1]
+                self._stop = asyncio.Event()
+                self._ready.set()
+                await self._stop.wait()
+                await runner.cleanup()
+
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(serve())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
