@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,18 +62,29 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "qwen2.5-coder-1.5b-instruct"
-    base_url: str | None = None
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible http(s) URL; null = the embedded server"
+    )
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    max_retries: int = 6  # attempts in total per request, the first one included
-    timeout_s: float = 600.0
+    concurrency: int = Field(8, ge=1, description="requests in flight at most")
+    max_retries: int = Field(6, ge=1, description="attempts in total per request, the first one included")
+    timeout_s: float = Field(600.0, gt=0, description="seconds one attempt may take")
     n_ctx: int = 4096
     n_threads: int | None = None
-    price_prompt_per_1m: float = 0.0
-    price_completion_per_1m: float = 0.0
-    budget_usd: float | None = None
-    retry_initial_s: float = 0.5  # first backoff; doubles per attempt, plus up to this much jitter
-    retry_max_wait_s: float = 30.0  # cap on one backoff and on an honoured Retry-After
+    price_prompt_per_1m: float = Field(0.0, ge=0)
+    price_completion_per_1m: float = Field(0.0, ge=0)
+    budget_usd: float | None = Field(
+        None, ge=0, description="cap on what this run spends, over all its stages and sessions; null = none"
+    )
+    retry_initial_s: float = Field(
+        0.5, ge=0, description="first backoff at most; the bound doubles per attempt"
+    )
+    retry_max_wait_s: float = Field(
+        30.0, ge=0, description="cap on one backoff and on an honoured Retry-After"
+    )
+    max_connect_failures: int = Field(
+        10, ge=1, description="connection failures in a row after which the endpoint is down: the batch stops"
+    )
     response_format_style: Literal["auto", "llama_cpp", "openai"] = "auto"  # auto: llama_cpp when embedded
     lora_path: str | None = None  # a GGUF LoRA adapter for the embedded server
     identity: str | None = (
@@ -90,6 +102,21 @@ class LLMConfig(BaseModel):
         description="share of a stage's requests that may fail (or be stopped by the budget) "
         "before the stage fails; 0: any failure fails the stage, which then says how to resume",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        """Refuse what is not an http(s) URL with a host: a typo would otherwise fail only when sending."""
+        if v is None:
+            return v
+        try:
+            u = urlparse(v)
+            u.port  # noqa: B018 (a port that is not a number raises ValueError)
+        except ValueError:
+            u = None
+        if u is None or u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, not {v!r}")
+        return v
 
 
 class SeedsConfig(BaseModel):
