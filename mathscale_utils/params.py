@@ -77,7 +77,7 @@ class LLMConfig(BaseModel):
         None, ge=0, description="cap on what this run spends, over all its stages and sessions; null = none"
     )
     retry_initial_s: float = Field(
-        0.5, ge=0, description="first backoff at most; the bound doubles per attempt"
+        0.25, ge=0, description="backoffs are uniform in [0, this * 2^(n-1)] after failed attempt n"
     )
     retry_max_wait_s: float = Field(
         30.0, ge=0, description="cap on one backoff and on an honoured Retry-After"
