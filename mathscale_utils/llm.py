@@ -51,6 +51,7 @@ from mathscale_utils.usage import COUNTERS, UsageFile
 
 CACHE_FILE = "llm_cache.jsonl"
 BUDGET_ERROR = "budget exceeded"
+PENDING_ERROR = "Batch API job still running: run the stage again later"
 _CONNECT_TIMEOUT_S = 30.0  # a host that does not accept the connection within this is counted as unreachable
 _USAGE_EVERY_S = 1.0  # while answers arrive, the usage file is rewritten at most this often
 
@@ -193,9 +194,7 @@ class LLM:
             pending = self._batch.pending()
             for key, _ in [t for t in todo if t[0] in pending]:
                 for i in groups.pop(key):
-                    results[i] = ChatResult(
-                        key, error="Batch API job still running: run the stage again later"
-                    )
+                    results[i] = ChatResult(key, error=PENDING_ERROR)
             todo = [t for t in todo if t[0] not in pending]
         if todo:
             future = self._submit(self._run(results, groups, todo, desc))
@@ -237,14 +236,8 @@ class LLM:
         pt, ct = hit["usage"]["prompt_tokens"], hit["usage"]["completion_tokens"]
         return ChatResult(key, hit["text"], None, True, pt, ct, hit["finish_reason"])
 
-    def cache_put(
-        self,
-        key: str,
-        text: str,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        finish_reason: str | None = None,
-    ) -> None:
+    def cache_put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0,
+                  finish_reason: str | None = None) -> None:  # fmt: skip
         """Store an answer obtained elsewhere (e.g. a provider's batch API): chat_many will then find it."""
         self._cache[key] = entry = self._entry(key, text, prompt_tokens, completion_tokens, finish_reason)
         self._unsaved.append(entry)
@@ -294,10 +287,9 @@ class LLM:
 
     def _tally(self, results: list[ChatResult]) -> None:
         """Count the results a call returns: ok, stopped by the budget, failed."""
-        n = self._n
         for r in results:
-            key = "ok" if r.error is None else "budget_stopped" if r.error == BUDGET_ERROR else "failed"
-            n[key] += 1
+            kind = "ok" if r.error is None else "budget_stopped" if r.error == BUDGET_ERROR else "failed"
+            self._n[kind] += 1
 
     def _submit(self, coro: Coroutine) -> concurrent.futures.Future:
         """Run `coro` on this LLM's own event-loop thread: the same path whether or not the caller has a

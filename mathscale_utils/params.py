@@ -62,29 +62,19 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "qwen2.5-coder-1.5b-instruct"
-    base_url: str | None = Field(
-        None, description="an OpenAI-compatible http(s) URL; null = the embedded server"
-    )
+    base_url: str | None = None  # an OpenAI-compatible http(s) URL; None: the embedded server
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1, description="requests in flight at most")
-    max_retries: int = Field(6, ge=1, description="attempts in total per request, the first one included")
-    timeout_s: float = Field(600.0, gt=0, description="seconds one attempt may take")
+    concurrency: int = Field(8, ge=1)  # requests in flight at most
+    max_retries: int = Field(6, ge=1)  # attempts in total per request, the first one included
+    timeout_s: float = Field(600.0, gt=0)  # seconds one attempt may take
     n_ctx: int = 4096
     n_threads: int | None = None
     price_prompt_per_1m: float = Field(0.0, ge=0)
     price_completion_per_1m: float = Field(0.0, ge=0)
-    budget_usd: float | None = Field(
-        None, ge=0, description="cap on what this run spends, over all its stages and sessions; null = none"
-    )
-    retry_initial_s: float = Field(
-        0.25, ge=0, description="backoffs are uniform in [0, this * 2^(n-1)] after failed attempt n"
-    )
-    retry_max_wait_s: float = Field(
-        30.0, ge=0, description="cap on one backoff and on an honoured Retry-After"
-    )
-    max_connect_failures: int = Field(
-        10, ge=1, description="connection failures in a row after which the endpoint is down: the batch stops"
-    )
+    budget_usd: float | None = Field(None, ge=0)  # cap on the run's spend, all stages and sessions
+    retry_initial_s: float = Field(0.25, ge=0)  # wait after failed attempt n: uniform in [0, this * 2^(n-1)]
+    retry_max_wait_s: float = Field(30.0, ge=0)  # cap on one backoff and on an honoured Retry-After
+    max_connect_failures: int = Field(10, ge=1)  # failed connections in a row that stop a batch
     response_format_style: Literal["auto", "llama_cpp", "openai"] = "auto"  # auto: llama_cpp when embedded
     lora_path: str | None = None  # a GGUF LoRA adapter for the embedded server
     identity: str | None = (
@@ -107,16 +97,13 @@ class LLMConfig(BaseModel):
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         """Refuse what is not an http(s) URL with a host: a typo would otherwise fail only when sending."""
-        if v is None:
-            return v
         try:
-            u = urlparse(v)
-            u.port  # noqa: B018 (a port that is not a number raises ValueError)
+            u = urlparse(v or "http://embedded")  # u.port raises on a port that is not a number
+            if u.scheme in ("http", "https") and u.hostname and (u.port or 0) >= 0:
+                return v
         except ValueError:
-            u = None
-        if u is None or u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, not {v!r}")
-        return v
+            pass
+        raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, not {v!r}")
 
 
 class SeedsConfig(BaseModel):
