@@ -50,7 +50,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 class BatchBudgetError(RuntimeError):
-    """The estimated cost of a submission would pass llm.budget_usd."""
+    """The estimated cost of a submission, added to what the run spent (LLM.spent_usd), would pass llm.budget_usd."""
 
 
 def _describe_error(line: dict) -> str:
@@ -284,7 +284,8 @@ class BatchRunner:
         budget = self.llm.cfg.budget_usd
         if budget is not None:
             est = self._estimate_usd(lines)
-            spent = self.state["usage"]["cost_usd"]
+            # the run's spend (every stage and session: usage files), and at least what these jobs cost so far
+            spent = max(self.llm.spent_usd(), self.state["usage"]["cost_usd"])
             if spent + est > budget:
                 raise BatchBudgetError(
                     f"{self.stage}: submitting {len(lines)} request(s) may cost up to ${est:.2f} (spent ${spent:.2f}); "
@@ -389,13 +390,9 @@ class BatchRunner:
                         self.llm.cache_put(cid, text, pt, ct, choice.get("finish_reason"))
                     usage["prompt_tokens"] += pt
                     usage["completion_tokens"] += ct
-                    usage["cost_usd"] = round(
-                        usage["cost_usd"]
-                        + (pt * cfg.price_prompt_per_1m + ct * cfg.price_completion_per_1m)
-                        / 1e6
-                        * self.cfg.price_factor,
-                        6,
-                    )
+                    price = (pt * cfg.price_prompt_per_1m + ct * cfg.price_completion_per_1m) / 1e6
+                    usage["cost_usd"] = round(usage["cost_usd"] + price * self.cfg.price_factor, 6)
+                    self.llm.add_batch_cost(price * self.cfg.price_factor)  # the run's budget counts it
                     ok.add(cid)
                     if cid in self.state["failures"]:
                         self.state["failures"][cid]["resolved"] = True

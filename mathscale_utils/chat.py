@@ -1,5 +1,5 @@
-"""What an LLM call is: the request, its result, the request body sent over HTTP, and the one "ask, validate,
-retry once" loop that stages use to get a reply they can parse.
+"""What an LLM call is: the request, its result, the request body sent over HTTP, the error an HTTP answer makes,
+and the one "ask, validate, retry once" loop that stages use to get a reply they can parse.
 
     asked = ask_validated(llm, requests, parse=lambda res, first: parse_reply(res.text), fix=retry_request)
     asked[i].value        # what parse() returned, or None when the reply stayed unusable or the request failed
@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -90,6 +90,34 @@ def request_body(req: ChatRequest, model: str, style: Literal["openai", "llama_c
             rf = {"type": "json_schema", "json_schema": {"name": "reply", "schema": rf["schema"]}}
         body["response_format"] = rf
     return body
+
+
+class HTTPError(Exception):
+    """An HTTP error answer: its status, the server's message and the wait it asked for (Retry-After, seconds)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.retry_after = status, retry_after
+
+    @classmethod
+    def from_answer(
+        cls, status: int, body: bytes, headers: Mapping[str, str], reason: str | None = None
+    ) -> HTTPError:
+        """The message of an OpenAI-style body ({"error": {"message": ...}}, else the body's start) and the
+        Retry-After(-ms) header in seconds (an HTTP date is ignored: the client's own backoff applies)."""
+        try:
+            doc = json.loads(body)
+            err = doc.get("error", doc) if isinstance(doc, dict) else None
+            msg = err.get("message") if isinstance(err, dict) else err
+        except ValueError:
+            msg = None
+        msg = str(msg) if msg else body[:300].decode(errors="replace").strip() or reason or "no message"
+        try:
+            ms, s = headers.get("retry-after-ms"), headers.get("retry-after")
+            wait = float(ms) / 1000 if ms is not None else float(s) if s is not None else None
+        except ValueError:
+            wait = None
+        return cls(status, msg, wait)
 
 
 _FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.S)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,18 +62,19 @@ class LLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "qwen2.5-coder-1.5b-instruct"
-    base_url: str | None = None
+    base_url: str | None = None  # an OpenAI-compatible http(s) URL; None: the embedded server
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    max_retries: int = 6  # attempts in total per request, the first one included
-    timeout_s: float = 600.0
+    concurrency: int = Field(8, ge=1)  # requests in flight at most
+    max_retries: int = Field(6, ge=1)  # attempts in total per request, the first one included
+    timeout_s: float = Field(600.0, gt=0)  # seconds one attempt may take
     n_ctx: int = 4096
     n_threads: int | None = None
-    price_prompt_per_1m: float = 0.0
-    price_completion_per_1m: float = 0.0
-    budget_usd: float | None = None
-    retry_initial_s: float = 0.5  # first backoff; doubles per attempt, plus up to this much jitter
-    retry_max_wait_s: float = 30.0  # cap on one backoff and on an honoured Retry-After
+    price_prompt_per_1m: float = Field(0.0, ge=0)
+    price_completion_per_1m: float = Field(0.0, ge=0)
+    budget_usd: float | None = Field(None, ge=0)  # cap on the run's spend, all stages and sessions
+    retry_initial_s: float = Field(0.25, ge=0)  # wait after failed attempt n: uniform in [0, this * 2^(n-1)]
+    retry_max_wait_s: float = Field(30.0, ge=0)  # cap on one backoff and on an honoured Retry-After
+    max_connect_failures: int = Field(10, ge=1)  # failed connections in a row that stop a batch
     response_format_style: Literal["auto", "llama_cpp", "openai"] = "auto"  # auto: llama_cpp when embedded
     lora_path: str | None = None  # a GGUF LoRA adapter for the embedded server
     identity: str | None = (
@@ -90,6 +92,18 @@ class LLMConfig(BaseModel):
         description="share of a stage's requests that may fail (or be stopped by the budget) "
         "before the stage fails; 0: any failure fails the stage, which then says how to resume",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        """Refuse what is not an http(s) URL with a host: a typo would otherwise fail only when sending."""
+        try:
+            u = urlparse(v or "http://embedded")  # u.port raises on a port that is not a number
+            if u.scheme in ("http", "https") and u.hostname and (u.port or 0) >= 0:
+                return v
+        except ValueError:
+            pass
+        raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8000/v1, not {v!r}")
 
 
 class SeedsConfig(BaseModel):

@@ -251,10 +251,12 @@ class FakeOpenAI:
         self._release.set()
         await runner.cleanup()
 
-    def start(self) -> FakeOpenAI:
+    def start(self, port: int = 0) -> FakeOpenAI:
+        """Serve from a background thread on `port` (0: any free port)."""
+
         def run() -> None:
             self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve(0))
+            self._loop.run_until_complete(self._serve(port))
             self._loop.close()
 
         self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chat import ChatRequest, parse_json_reply
+from mathscale_utils.chat import ChatRequest, HTTPError, parse_json_reply
 from mathscale_utils.io import read_jsonl
 from mathscale_utils.llm import LLM, BudgetExceeded
 from mathscale_utils.params import LLMConfig
@@ -87,6 +87,18 @@ def test_retry_after_is_honoured_and_capped(fake_openai, tmp_path):
         t0 = time.perf_counter()
         assert llm.chat(reqs(1, "q")[0]).ok
         assert time.perf_counter() - t0 < 2.0
+
+
+def test_http_error_from_answer():
+    """The server's message and its Retry-After in seconds (-ms first; an HTTP date is left to our backoff)."""
+    body = b'{"error": {"message": "Rate limit reached", "type": "requests"}}'
+    e = HTTPError.from_answer(429, body, {"retry-after": "2", "retry-after-ms": "1500"})
+    assert (str(e), e.status, e.retry_after) == ("HTTP 429: Rate limit reached", 429, 1.5)
+    assert (
+        HTTPError.from_answer(503, b"<html>busy</html>", {"retry-after": "Wed, 21 Oct 2015"}).retry_after
+        is None
+    )
+    assert str(HTTPError.from_answer(502, b"", {}, "Bad Gateway")) == "HTTP 502: Bad Gateway"
 
 
 def test_cache_hits_make_no_calls_and_survive_restart(fake_openai, tmp_path):
@@ -267,6 +279,7 @@ def test_request_body_and_response_format(fake_openai, tmp_path):
     with LLM(cfg_for(fake_openai), tmp_path, "t", progress=False) as llm:
         llm.chat(r)
     body = fake_openai.bodies[-1]
+    assert fake_openai.headers[-1]["Content-Type"] == "application/json"
     assert body["seed"] == 7 and body["stop"] == ["\n\n"] and body["model"] == "fake"
     assert body["response_format"] == {
         "type": "json_schema",
