@@ -281,20 +281,25 @@ class BatchRunner:
             yield chunk
 
     def _submit(self, lines: Sequence[dict], desc: str) -> None:
+        est = self._estimate_usd(lines)
         budget = self.llm.cfg.budget_usd
         if budget is not None:
-            est = self._estimate_usd(lines)
-            # the run's spend (every stage and session: usage files), and at least what these jobs cost so far
+            # the run's spend (every stage and session: usage files), at least what these jobs cost so far, and
+            # the estimate of every job submitted but not collected yet: all jobs may be out at once
             spent = max(self.llm.spent_usd(), self.state["usage"]["cost_usd"])
-            if spent + est > budget:
+            pending = sum(j.get("est_usd", 0.0) for j in self._active())
+            if spent + pending + est > budget:
                 raise BatchBudgetError(
-                    f"{self.stage}: submitting {len(lines)} request(s) may cost up to ${est:.2f} (spent ${spent:.2f}); "
-                    f"that passes llm.budget_usd = ${budget:g}. Raise the budget or generate fewer questions."
+                    f"{self.stage}: submitting {len(lines)} request(s) may cost up to ${est:.2f}, and llm.budget_usd "
+                    f"= ${budget:g} leaves ${max(0.0, budget - spent - pending):.2f} (spent ${spent:.2f}, "
+                    f"${pending:.2f} in jobs not collected yet): nothing was submitted. Raise the budget or ask for "
+                    "fewer requests."
                 )
         for chunk in self._chunks(lines):
             n = len(self.jobs) + 1
             rnd = 1 + max(self._failures(line["custom_id"]) for line in chunk)
             job = {"id": f"job-{n:04d}", "request_file": f"requests-{n:04d}.jsonl", "n": len(chunk), "round": rnd,
+                   "est_usd": round(est * len(chunk) / len(lines), 6),
                    "desc": desc, "status": "new", "collected": False, "input_file_id": None, "batch_id": None,
                    "created": time.time()}  # fmt: skip
             write_jsonl(self.dir / job["request_file"], chunk)

@@ -164,6 +164,26 @@ def test_budget_is_checked_before_anything_is_uploaded(tmp_path):
         assert api.calls["files.create"] == 0
 
 
+def test_jobs_not_collected_yet_count_against_the_budget(tmp_path):
+    """All jobs can be out at once: a submission that fits the spend collected so far but not the estimates of the
+    jobs still running is refused before anything is uploaded, and says what it would cost."""
+    with FakeBatchAPI() as api:
+        api.hold = True  # the first job stays running
+        probe = BatchRunner(make_llm(tmp_path / "p", api.base_url, price_prompt_per_1m=1000.0,
+                                     price_completion_per_1m=1000.0), tmp_path / "probe", log=lambda s: None)  # fmt: skip
+        one = probe._estimate_usd([{"body": request_body(r, "m")} for r in requests(5)])
+        llm = make_llm(tmp_path, api.base_url, price_prompt_per_1m=1000.0, price_completion_per_1m=1000.0,
+                       budget_usd=1.5 * one)  # fmt: skip
+        runner = BatchRunner(
+            llm, tmp_path / "batches", BatchConfig(poll_s=0, max_wait_s=0), log=lambda s: None
+        )
+        assert runner.submit(requests(5)) == 5 and api.calls["files.create"] == 1
+        others = [r for r in requests(10) if r not in requests(5)]
+        with pytest.raises(BatchBudgetError, match=r"may cost up to \$[0-9.]+.*not collected yet"):
+            runner.submit(others)
+        assert api.calls["files.create"] == 1 and api.calls["batches.create"] == 1
+
+
 def test_request_lines_match_the_live_body(tmp_path):
     r = ChatRequest(
         messages=[{"role": "user", "content": "x"}],
