@@ -322,18 +322,32 @@ def _top_level_cuts(a: str) -> list[tuple[int, int]]:
     ]
 
 
+_HEDGE = re.compile(r"\s*\(\s*(or\s[^()]*)\)")  # "1208 (or 1210 if ...)": an alternative, not a remark
+_PLUS_MINUS = re.compile(r"\\pm\b|±")
+
+
 def answer_parts(a: str, thousands: bool = True) -> list[str]:
-    """The values of a list answer, split at top-level commas, semicolons, "or"/"and" (``\\text{ or }`` too);
-    with ``thousands``, a group such as ``1,000`` is a number, not a list. A tuple, interval, set or matrix stays
-    one part."""
-    a = clean_answer(a)
+    """The values of a list answer, split at top-level commas, semicolons, "or"/"and" (``\\text{ or }`` too, and a
+    bracketed "(or ...)" alternative); with ``thousands``, a group such as ``1,000`` is a number, not a list. A
+    part with one ``\\pm`` is its two values ("1 \\pm \\sqrt{19}", "\\pm 4"). A tuple, interval, set or matrix
+    stays one part."""
+    a = _HEDGE.sub(r" \1", clean_answer(a))
     a = strip_thousands(a) if thousands else a
     parts, last = [], 0
     for s, e in _top_level_cuts(a):
         parts.append(a[last:s])
         last = e
     parts.append(a[last:])
-    return [p.strip() for p in parts if p.strip()]
+    return [v for p in parts if p.strip() for v in _plus_minus(p.strip())]
+
+
+def _plus_minus(part: str) -> list[str]:
+    """ "a \\pm b" -> ["a + b", "a - b"] (one \\pm outside brackets); anything else unchanged."""
+    hits = [m for m in _PLUS_MINUS.finditer(part) if _depths(part)[m.start()] == 0]
+    if len(hits) != 1 or len(_PLUS_MINUS.findall(part)) != 1:
+        return [part]
+    m = hits[0]
+    return [f"{part[: m.start()]}{sign}{part[m.end() :]}".strip() for sign in ("+", "-")]
 
 
 _ASSIGN = re.compile(

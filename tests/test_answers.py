@@ -162,3 +162,14 @@ def test_text_key_and_assignment():
     assert A.text_key("Triangular Prism.") == "triangular prism"
     assert A.strip_assignment("x = 5") == "5" and A.strip_assignment("f(x) = 2x") == "2x"
     assert A.strip_assignment("xy = 5") == "xy = 5" and A.strip_assignment("x = ") == "x = "
+
+
+def test_plus_minus_is_two_values_and_a_bracketed_or_is_an_alternative():
+    from mathscale_utils.answers import answer_parts
+
+    assert answer_parts("1 \\pm \\sqrt{19}") == ["1 + \\sqrt{19}", "1 - \\sqrt{19}"]
+    assert answer_parts("\\pm 4") == ["+ 4", "- 4"] and answer_parts("(1 \\pm 2, 3)") == ["(1 \\pm 2, 3)"]
+    assert answer_parts("1208 (or 1210 if we count the last one)") == [
+        "1208",
+        "1210 if we count the last one",
+    ]

@@ -74,3 +74,16 @@ def test_committed_set_is_the_seeded_build(tmp_path):
         timeout=300,
     )
     assert out.read_bytes() == SET.read_bytes()
+
+
+def test_strict_judge_on_the_second_set_built_without_seeing_it():
+    """tests/data/judge_blind.jsonl (bench/build_judge_blind.py) was labelled by someone who treated the judge as a
+    black box; its first run found 4 misses (answers written with \\pm) and 1 false positive (a bracketed hedge)."""
+    blind = [
+        json.loads(x) for x in (ROOT / "tests" / "data" / "judge_blind.jsonl").read_text().splitlines() if x
+    ]
+    said = [(r["label"], strict_judge(r["completion"], r["gold"]).correct) for r in blind]
+    tp = sum(label and verdict for label, verdict in said)
+    assert len(blind) >= 300 and Counter(label for label, _ in said)[True] * 2 == len(blind)
+    assert tp / sum(label for label, _ in said) >= TARGET_RECALL
+    assert tp / max(1, sum(verdict for _, verdict in said)) >= TARGET_PRECISION
