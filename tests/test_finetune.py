@@ -1,8 +1,12 @@
-"""Stage 04: data format and masking, real LoRA steps on the 135M embedded model, resume, adapter, LoRA GGUF."""
+"""Stage 04: data format and masking, packing without cross-attention, real LoRA / full steps on the 135M embedded
+model, resume, adapter, LoRA GGUF, and training as two `accelerate launch` DDP ranks on CPU (gloo)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -106,16 +110,6 @@ def test_collator_pads_with_masked_labels():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_pack_keeps_examples_whole():
-    exs = [
-        {"input_ids": [i] * n, "labels": [-100] + [i] * (n - 1)} for i, n in enumerate([3, 4, 2, 5], start=1)
-    ]
-    blocks = ft.pack(exs, 7)
-    assert [len(b["input_ids"]) for b in blocks] == [7, 7]
-    assert sum((b["input_ids"] for b in blocks), []) == sum((e["input_ids"] for e in exs), [])
-    assert blocks[0]["labels"] == [-100, 1, 1, -100, 2, 2, 2]
-
-
 def test_split_rows_holds_out_and_caps():
     rows = [{"id": i, "question": f"q{i}", "solution": f"s{i}"} for i in range(20)] + [
         {"id": "x", "question": ""}
@@ -131,12 +125,105 @@ def test_config_section_and_gpu_recipe(tmp_path):
     with pytest.raises(ValueError):
         ft.FinetuneConfig(lr_typo=1)
     g = ft.FinetuneConfig.gpu_recipe()
-    assert g.method == "qlora" and g.per_device_batch * g.grad_accum == 128 and g.epochs == 3 and g.bf16
+    assert g.method == "qlora" and g.effective_batch == 128 and g.epochs == 3 and g.bf16
+    for n in (8, 4, 2, 1):
+        f = ft.FinetuneConfig.full_recipe(num_processes=n)
+        assert (f.method, f.lr, f.epochs, f.effective_batch, f.num_processes) == ("full", 2e-5, 3, 128, n)
+    with pytest.raises(ValueError, match="divides 32"):
+        ft.FinetuneConfig.full_recipe(num_processes=3)
+    with pytest.raises(ValueError, match="launcher: accelerate"):
+        ft.FinetuneConfig(num_processes=2)
     p = parse_params(f"run_name: t\nfinetune:\n  base_model: {SMALL}\n  train_file: {tmp_path}/d.jsonl\n")
     assert p.finetune.base_model == SMALL
     assert ("finetune.train_file", tmp_path / "d.jsonl") in input_files(p)
     with pytest.raises(ParamsError, match="finetune.nope"):
         parse_params("run_name: t\nfinetune:\n  nope: 1\n")
+
+
+@pytest.mark.parametrize(
+    ("params_file", "recipe", "distributed"),
+    [("params/paper.yaml", "gpu_recipe", "NO"), ("params/paper_full_ft.yaml", "full_recipe", "FSDP")],
+)
+def test_paper_params_train_on_128_examples_per_step(params_file, recipe, distributed):
+    """The paper's batch (METHOD.md §6) in examples, with the accelerate config each file names, as accelerate
+    reads it: the same number of processes, FSDP gathering a full state dict for the full fine-tuning."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from mathscale_utils.params import ROOT, load_params, resolve_path
+
+    P = load_params(ROOT / params_file, check_files=False)
+    cfg = P.finetune
+    assert cfg.effective_batch == 128 and cfg.epochs == 3 and cfg.packing and cfg.launcher == "accelerate"
+    assert cfg.model_copy(update={"train_file": None}) == getattr(ft.FinetuneConfig, recipe)()
+    acc = load_config_from_file(str(resolve_path(cfg.accelerate_config)))
+    assert acc.num_processes == cfg.num_processes and str(acc.distributed_type).endswith(distributed)
+    if cfg.method == "full":
+        assert cfg.lr == 2e-5 and acc.mixed_precision == "bf16" and cfg.bf16
+        assert acc.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_accelerate_command_and_rank_environment(tmp_path, monkeypatch):
+    from mathscale_utils.params import ROOT
+
+    cfg = ft.FinetuneConfig(launcher="accelerate", num_processes=2)
+    cmd = ft.accelerate_command(cfg, tmp_path / "c.json", tmp_path, resume=False)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "0"
+    assert cmd[-6:] == ["-m", "mathscale_utils.finetune", str(tmp_path / "c.json"), "--run-dir", str(tmp_path),
+                        "--no-resume"]  # fmt: skip
+    cfg = cfg.model_copy(update={"accelerate_config": "configs/accelerate/cpu_ddp_2proc.yaml"})
+    cmd = ft.accelerate_command(cfg, tmp_path / "c.json", tmp_path)
+    assert cmd[cmd.index("--config_file") + 1] == str(ROOT / "configs/accelerate/cpu_ddp_2proc.yaml")
+    assert "--multi_gpu" not in cmd and cmd[-1] == str(tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = ft.launch_env(cfg)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"] and env["HF_HUB_OFFLINE"] == "1"
+    if not __import__("torch").cuda.is_available():
+        assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_ranks_must_match_num_processes(tmp_path):
+    """A params file's batch in examples holds only with as many ranks as it says: one process is refused."""
+    write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
+    cfg = _cfg(launcher="accelerate", num_processes=2)
+    with pytest.raises(ValueError, match="effective batch 4.* 1 processes were launched"):
+        ft.train_here(cfg, tmp_path)
+
+
+@needs_model
+def test_packing_keeps_examples_apart_and_a_batch_counts_examples(tmp_path):
+    """Packed micro-batches from the Trainer's own dataloader hold per_device_batch examples each (not blocks of
+    many), and the summed loss of a packed batch equals the sum of its examples' losses computed alone: no example
+    attends to another. The same row with running positions (naive packing) gives another loss."""
+    import torch
+
+    from mathscale_utils.artifacts import RunDir
+
+    cfg = _cfg(packing=True, per_device_batch=3, grad_accum=1)
+    model, tok = ft.prepare_model(cfg)
+    rows = [*ROWS, {"question": "What is 12 divided by 4?", "solution": "12 / 4 = 3. The answer is 3"}] * 2
+    examples = [ft.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows]
+    examples = [{k: e[k] for k in ("input_ids", "labels")} for e in examples]
+    trainer = ft.build_trainer(cfg, ft.training_args(cfg, RunDir(tmp_path)), examples, model, tok, [])
+    batches = list(trainer.get_train_dataloader())
+    assert [int((b["labels"] == tok.eos_token_id).sum()) for b in batches] == [3, 3]  # one EOS per example
+    model.eval()
+
+    def summed(**batch) -> float:  # total loss over the predicted tokens, as the Trainer calls the model
+        with torch.no_grad():
+            loss = model(**batch).loss.item()
+        return loss * int((batch["labels"][:, 1:] != -100).sum())
+
+    b = batches[0]
+    assert b["input_ids"].shape[0] == 1 and "attention_mask" not in b
+    starts = (b["position_ids"][0] == 0).nonzero().flatten().tolist() + [b["input_ids"].shape[1]]
+    alone = sum(
+        summed(input_ids=b["input_ids"][:, i:j], labels=b["labels"][:, i:j]) for i, j in pairwise(starts)
+    )
+    assert len(starts) == 4 and summed(**b) == pytest.approx(alone, rel=1e-4)
+    naive = summed(input_ids=b["input_ids"], labels=b["labels"])
+    assert abs(naive - alone) > 0.01 * alone
 
 
 # ---- real training on the 135M model -------------------------------------------------------------------------------
@@ -148,6 +235,7 @@ def test_loss_goes_down_and_card_is_written(trained):
     log = read_jsonl(run_dir / "finetune" / "loss.jsonl")
     assert [r["step"] for r in log] == list(range(1, 7))
     assert card["steps"] == 6 and card["final_loss"] < 0.5 * card["initial_loss"]
+    assert (card["world_size"], card["effective_batch"], card["saved"]) == (1, 2, "adapter")
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     saved = read_json(run_dir / "adapter" / "training_card.json")
     for key in [
@@ -226,6 +314,90 @@ def test_qlora_path_runs_on_cpu(tmp_path):
     write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
     card = ft.train(_cfg(method="qlora", optim="adamw_torch", max_steps=2, save_steps=100), tmp_path)
     assert card["steps"] == 2 and (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+@needs_model
+def test_two_ddp_ranks_on_cpu_through_accelerate_launch(tmp_path):
+    """Stage 04 as two `accelerate launch` ranks on CPU (gloo): 16 examples, 2 per rank x 2 accumulation x 2 ranks
+    = 8 per step, so 2 steps (one process would take 4); the tokens counted are both ranks' shares; rank 0 alone
+    writes loss rows and the adapter. The losses equal one process's with the same 8 examples per step: step 2's
+    follows step 1's update (no warmup), which only the two ranks' averaged gradients reproduce."""
+    import torch
+
+    from mathscale_utils.artifacts import RunDir
+
+    write_jsonl(
+        tmp_path / "ddp" / "mathscaleqa.jsonl", [dict(r, id=f"{r['id']}{i}") for i in range(9) for r in ROWS]
+    )
+    cfg = _cfg(grad_accum=2, max_steps=None, epochs=1, warmup_ratio=0.0, packing=True, launcher="accelerate",
+               num_processes=2, accelerate_config="configs/accelerate/cpu_ddp_2proc.yaml")  # fmt: skip
+    seen, lines = [], []
+
+    class Seen:  # what a notebook's live plot gets while the ranks train
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(logs["step"])
+
+    card = ft.train(cfg, tmp_path / "ddp", callbacks=[Seen()], log=lines.append)
+    run = RunDir(tmp_path / "ddp")
+    assert seen == [1, 2] and "rank 1/2 trained" in lines
+    assert (card["world_size"], card["distributed"], card["backend"]) == (2, "MULTI_CPU", "gloo")
+    assert (card["n_examples"], card["effective_batch"], card["steps"]) == (16, 8, 2)
+    tok = ft.load_tokenizer(cfg)
+    train_rows, _ = ft.split_rows(read_jsonl(run.mathscaleqa), cfg)
+    tokens = [len(ft.encode_example(tok, r["question"], r["solution"], 128)["input_ids"]) for r in train_rows]
+    assert card["tokens_seen"] == sum(tokens)
+    assert [r["step"] for r in read_jsonl(run.loss)] == [1, 2]
+    assert (run.adapter / "adapter_model.safetensors").exists() and run.training_card_md.exists()
+    log = (run.finetune / "launch.log").read_text()
+    assert (
+        "rank 0/2 trained" in log and "rank 1/2 trained" in log and log.count("rank 0 saved the adapter") == 1
+    )
+    single = {"grad_accum": 4, "launcher": "none", "num_processes": 1, "accelerate_config": None,
+              "train_file": str(run.mathscaleqa)}  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank had: two OMP threads on 2 busy cores are several times slower
+    try:
+        one = ft.train(cfg.model_copy(update=single), tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert (one["world_size"], one["effective_batch"], one["steps"]) == (1, 8, 2)
+    for (_, a), (_, b) in zip(card["loss_curve"], one["loss_curve"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_failed_launch_raises_with_the_end_of_its_log(tmp_path):
+    write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
+    cfg = _cfg(base_model=str(tmp_path / "no-such-model"), launcher="accelerate")
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="accelerate launch failed") as e:
+        ft.launch(cfg, tmp_path, log=lines.append)
+    assert "no-such-model" in str(e.value) and any("no-such-model" in line for line in lines)
+    assert (tmp_path / "finetune" / "launch.log").read_text().startswith(sys.executable)
+
+
+@pytest.mark.slow
+@needs_model
+def test_full_finetuning_saves_a_loadable_model(tmp_path):
+    """method full: every weight trained, and adapter/ is a whole HF model directory (what vLLM serves)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathscale_utils.models import base_path
+
+    write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
+    card = ft.train(_cfg(method="full", lr=1e-4, warmup_ratio=0.0, max_steps=2, save_steps=100), tmp_path)
+    out = tmp_path / "adapter"
+    assert (card["method"], card["saved"], card["steps"]) == ("full", "model", 2)
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
+    tuned, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(base_path(SMALL)).state_dict()
+    params = dict(tuned.named_parameters())
+    changed = [n for n, p in params.items() if not torch.equal(p, base[n])]
+    assert len(changed) > 0.9 * len(params)
+    enc = tok([ft.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt")
+    assert tuned.generate(**enc, max_new_tokens=4, do_sample=False).shape[1] > enc["input_ids"].shape[1]
 
 
 @pytest.mark.gpu
