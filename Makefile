@@ -20,8 +20,12 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
-	$(LLAMA_BUILD)
+	@# llama-server compiles (both cores) while pip installs the dependencies (mostly downloading and unpacking);
+	@# the build needs only the standard library, so it runs from this directory before the package is installed
+	$(LLAMA_BUILD) & build=$$!; \
+	$(BIN)/pip install -e '.[dev]'; pip=$$?; \
+	wait $$build; built=$$?; \
+	[ $$pip -eq 0 ] && [ $$built -eq 0 ]
 	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
 	$(BIN)/python -m mathscale_utils.serve setup-converter
 	touch $(STAMP)

@@ -430,10 +430,7 @@ class LocalServer:
         args = ["--model", str(self.model_path), "--alias", self.alias, "--host", "127.0.0.1"]
         args += ["--port", str(self.port), "--ctx-size", str(self.n_ctx * self.parallel)]
         args += ["--parallel", str(self.parallel), "--threads", str(self.n_threads), "--no-webui"]
-        args += [
-            "--cache-ram",
-            "512",
-        ]  # the host-memory prompt cache: 8 GiB by default, too much beside training
+        args += ["--cache-ram", "512"]  # the host-memory prompt cache (MiB): 8 GiB by default, too much here
         return args + (["--lora", str(self.lora_path)] if self.lora_path else [])
 
     def log_tail(self, n: int = 3000) -> str:
@@ -450,21 +447,14 @@ class LocalServer:
         self.port = _free_port()
         args = [str(binary), *self.server_args()]
         # llama-server ARGS, behind a watchdog that ends it when this process dies
-        cmd = [
-            sys.executable,
-            "-m",
-            "mathscale_utils.models",
-            "serve",
-            "--parent-pid",
-            str(os.getpid()),
-            "--",
-        ]
+        watchdog = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid", str(os.getpid())]
+        cmd = [*watchdog, "--", *args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
             log.flush()
             out = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
-            self.proc = subprocess.Popen([*cmd, *args], **out, start_new_session=True)  # type: ignore[call-overload]
+            self.proc = subprocess.Popen(cmd, **out, start_new_session=True)  # type: ignore[call-overload]
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -519,7 +509,7 @@ def _serve(parent_pid: int, cmd: list[str]) -> None:
     """Watchdog entry point: run the server as its child; end it when the parent is gone; exit as it exited.
 
     Single-threaded on purpose: the kernel's parent-death signal fires when the thread that forked exits."""
-    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # noqa: PLW1509 (single-threaded here)
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # preexec_fn: safe, no other thread here
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
