@@ -345,16 +345,10 @@ def build_server(cmake_args: str = PORTABLE_CMAKE_ARGS, force: bool = False, job
         tmp = Path(tmp_dir)
         req = tmp / "requirements.txt"
         req.write_text(f"llama-cpp-python=={LLAMA_CPP_PYTHON} --hash=sha256:{LLAMA_CPP_SDIST_SHA256}\n")
-        pip = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--require-hashes",
-        ]
+        # --no-binary for this one package only: with :all: pip also compiles the sdist's build requirements
+        # (scikit-build-core's) from source just to read its metadata, which took over 10 minutes on a fresh venv
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+        pip += ["--require-hashes"]
         _run_logged([*pip, "-d", str(tmp), "-r", str(req)], log)
         sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as tf:

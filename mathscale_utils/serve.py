@@ -41,7 +41,8 @@ def setup_converter(version: str = LLAMA_CPP_VERSION, dest: Path = CONVERTER_DIR
     if script.exists():
         return script
     with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp]
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+        pip += ["-d", tmp]  # --no-binary :all: would compile the sdist's build requirements too (minutes)
         subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True)
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         prefix = f"{sdist.name[: -len('.tar.gz')]}/vendor/llama.cpp/"
