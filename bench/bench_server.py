@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -66,6 +67,19 @@ KPS = [
     ["Distance equals speed times time", "Unit conversion"],
     ["Adding fractions with unlike denominators", "Simplifying fractions"],
 ]
+
+
+FIXED_TOKENS = {
+    "extract": 48,
+    "generate": 128,
+    "evaluate": 96,
+}  # --fixed: replies of exactly this many tokens
+
+
+def fixed_work(reqs: list[ChatRequest], shape: str) -> list[ChatRequest]:
+    """The same prompts with a reply of exactly FIXED_TOKENS[shape] tokens (no grammar, no stop string; the end
+    of turn is banned in run_cell): every server does the same work, in cells short enough to repeat often."""
+    return [replace(r, max_tokens=FIXED_TOKENS[shape], response_format=None, stop=None) for r in reqs]
 
 
 def requests_for(shape: str, n: int, offset: int, P, seeds, items) -> list[ChatRequest]:
@@ -130,9 +144,21 @@ class PythonServer:
         self.port = _free_port()
         args = ["--model", str(self.model), "--model_alias", self.alias, "--host", "127.0.0.1", "--port"]
         args += [str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(os.cpu_count() or 1)]
+        # behind the project's watchdog, so that a stopped bench leaves no server running
+        watchdog = [
+            sys.executable,
+            "-m",
+            "mathscale_utils.models",
+            "serve",
+            "--parent-pid",
+            str(os.getpid()),
+            "--",
+        ]
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", *args], stdout=f, stderr=subprocess.STDOUT
+                [*watchdog, sys.executable, "-m", "llama_cpp.server", *args],
+                stdout=f,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -152,8 +178,10 @@ class PythonServer:
             self.proc = None
 
 
-async def run_cell(base_url: str, alias: str, reqs: list[ChatRequest], c: int, cache_prompt: bool) -> dict:
-    """Send reqs with at most c in flight; wall time, tokens and the replies."""
+async def run_cell(
+    base_url: str, alias: str, reqs: list[ChatRequest], c: int, cache_prompt: bool, ban: list[int] = ()
+) -> dict:
+    """Send reqs with at most c in flight (the token ids in `ban` never generated); wall time, tokens, replies."""
     sem = asyncio.Semaphore(c)
     out: list[dict] = [{}] * len(reqs)
 
@@ -161,6 +189,8 @@ async def run_cell(base_url: str, alias: str, reqs: list[ChatRequest], c: int, c
         body = request_body(req, alias, "llama_cpp")
         if not cache_prompt:
             body["cache_prompt"] = False  # llama-server's per-request switch (the Python server ignores it)
+        if ban:  # OpenAI's logit_bias, which both servers take
+            body["logit_bias"] = {str(t): -100 for t in ban}
         async with sem:
             t0 = time.perf_counter()
             async with session.post(f"{base_url}{req.path}", json=body) as r:
@@ -243,6 +273,18 @@ def summary_rows(raw: dict[str, list[dict]], model_of: dict[str, str]) -> list[d
     return rows
 
 
+def end_tokens(model: Path) -> list[int]:
+    """The ids of the model's end-of-text / end-of-turn tokens (banned in --fixed cells)."""
+    import gguf
+
+    r = gguf.GGUFReader(model)
+    tokens = r.fields["tokenizer.ggml.tokens"]
+    names = {bytes(tokens.parts[i]).decode(errors="replace"): n for n, i in enumerate(tokens.data)}
+    ids = {names[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>") if t in names}
+    eos = r.fields.get("tokenizer.ggml.eos_token_id")
+    return sorted(ids | ({int(eos.parts[eos.data[0]][0])} if eos else set()))
+
+
 def start(kind: str, model: Path, alias: str, n_ctx: int, c: int, log: Path):
     """A started server of one kind, and its start-up time (launch to ready)."""
     t0 = time.perf_counter()
@@ -257,6 +299,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="requests per cell: rounds x concurrency")
+    ap.add_argument(
+        "--fixed", action="store_true", help="replies of a fixed length (FIXED_TOKENS): same work"
+    )
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--servers", nargs="+", default=["python", "cpp", "cpp-nocache"])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
@@ -286,6 +331,7 @@ def main() -> None:
         for name in sorted({model_of[s] for s in args.shapes}, key=[teacher, student].index):
             shapes = [s for s in args.shapes if model_of[s] == name]
             path = ensure_model(name)
+            ban = end_tokens(path) if args.fixed else []
             offset = rep * per_rep  # each repeat asks other questions; each server the same ones
             for c in args.levels:
                 # every server is up at once (fresh ones for each level): cell by cell, in rotating order, so
@@ -299,11 +345,12 @@ def main() -> None:
                         starts.setdefault(f"{kind} {name}", []).append(startup)
                     for shape in shapes:
                         reqs = requests_for(shape, n_for[c], offset, P, seeds, items)
+                        reqs = fixed_work(reqs, shape) if args.fixed else reqs
                         order = [v for v in args.servers if v != "cpp-nocache" or shape in NOCACHE_SHAPES]
                         turn += 1
                         for variant in order[turn % len(order) :] + order[: turn % len(order)]:
                             url, cache = servers[variant].base_url, variant != "cpp-nocache"
-                            cell = asyncio.run(run_cell(url, name, reqs, c, cache))
+                            cell = asyncio.run(run_cell(url, name, reqs, c, cache, ban))
                             row = summarize(shape, cell, P)
                             key = f"{variant}|{shape}|{c}"
                             raw.setdefault(key, []).append(row)
@@ -335,6 +382,7 @@ def write_results(args, raw: dict, starts: dict, model_of: dict, load_before: tu
         "params": str(Path(args.params).resolve().relative_to(ROOT)),
         "repeats_done": done,
         "rounds": args.rounds,
+        "fixed_tokens": FIXED_TOKENS if args.fixed else None,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "llama_server_build": build,
