@@ -105,7 +105,6 @@ def student_llm(P: Params) -> tuple[LLMConfig, str]:
             "model": student,
             "base_url": None,
             "lora_path": str(adapter),
-            "concurrency": 1,
             "backend": "chat",
         }
         return P.llm.model_copy(update=update), f"the fine-tuned student: {student} + LoRA {adapter}"
@@ -129,7 +128,9 @@ def compare(P: Params, n: int | None = None) -> list[dict]:
     _, held = split_rows(read_jsonl(train_file(cfg, run.root)), cfg)
     held = held[: n or cfg.eval_holdout]
     reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
-    base_cfg = LLMConfig(model=cfg.base_model, concurrency=1, n_ctx=P.llm.n_ctx, n_threads=P.llm.n_threads)
+    base_cfg = LLMConfig(
+        model=cfg.base_model, concurrency=P.llm.concurrency, n_ctx=P.llm.n_ctx, n_threads=P.llm.n_threads
+    )
     answers = []
     for lora in (None, run.adapter_gguf):
         with LLM.for_stage(
