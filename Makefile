@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 QUICKSTART_MODELS := qwen2.5-coder-1.5b-instruct qwen2.5-coder-0.5b-instruct
 TEST_MODELS       := smollm2-135m-instruct
-# llama.cpp is compiled on install. A native build uses every instruction the CPU reports, and on VMs that report AMX
-# without enabling it the server dies with SIGSEGV in ggml_backend_amx_mul_mat: build for AVX2 instead (x86-64).
-LLAMA_SPEC := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
-ifeq ($(shell uname -m),x86_64)
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-endif
+# The embedded models are served by llama.cpp's own server (llama-server: parallel slots, continuous batching, prompt
+# cache), compiled once from the llama.cpp sources in the llama-cpp-python sdist into ~/.cache/mathscale, where every
+# venv and clone finds it. By default it is built for AVX2 on x86-64: a native build uses every instruction the CPU
+# reports, and on VMs that report AMX without enabling it the server dies with SIGSEGV in ggml_backend_amx_mul_mat.
+# LLAMA_CMAKE_ARGS replaces those flags (empty: a native build), e.g. make llama-rebuild LLAMA_CMAKE_ARGS=
+LLAMA_BUILD := $(BIN)/python -m mathscale_utils.models build-server \
+	$(if $(filter undefined,$(origin LLAMA_CMAKE_ARGS)),,--cmake-args="$(LLAMA_CMAKE_ARGS)")
 
 .PHONY: setup llama-rebuild models quickstart test test-fast lint format bench lab clean
 
@@ -19,14 +20,18 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir '$(LLAMA_SPEC)'
-	$(BIN)/pip install -e '.[dev]'
+	@# llama-server compiles (both cores) while pip installs the dependencies (mostly downloading and unpacking);
+	@# the build needs only the standard library, so it runs from this directory before the package is installed
+	$(LLAMA_BUILD) & build=$$!; \
+	$(BIN)/pip install -e '.[dev]'; pip=$$?; \
+	wait $$build; built=$$?; \
+	[ $$pip -eq 0 ] && [ $$built -eq 0 ]
 	$(BIN)/python -m ipykernel install --sys-prefix --name mathscale --display-name "MathScale (.venv)"
 	$(BIN)/python -m mathscale_utils.serve setup-converter
 	touch $(STAMP)
 
-llama-rebuild: setup   # rebuild llama.cpp with LLAMA_CMAKE_ARGS (e.g. after a crash, or to try a native build)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps '$(LLAMA_SPEC)'
+llama-rebuild: setup   # rebuild llama-server with LLAMA_CMAKE_ARGS (e.g. after a crash, or to try a native build)
+	$(LLAMA_BUILD) --force
 
 models: setup
 	$(BIN)/python -m mathscale_utils.models install $(QUICKSTART_MODELS) $(TEST_MODELS)

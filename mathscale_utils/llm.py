@@ -308,7 +308,7 @@ class LLM:
                 log = self.cache_path.parent / f"llama_server.{self.stage}.log"
                 path = ensure_model(cfg.model)
                 self._server = LocalServer(
-                    path, cfg.model, cfg.n_ctx, cfg.n_threads, cfg.lora_path, log
+                    path, cfg.model, cfg.n_ctx, cfg.n_threads, cfg.lora_path, log, parallel=cfg.concurrency
                 ).start()
             return self._server.base_url, LOCAL_API_KEY
         key = os.environ.get(cfg.api_key_env)

@@ -3,23 +3,27 @@
 python -m mathscale_utils.models install smollm2-135m-instruct   # pip install pinned parts, assemble, verify
 python -m mathscale_utils.models path qwen2.5-coder-1.5b-instruct
 python -m mathscale_utils.models materialize qwen2.5-coder-0.5b-instruct  # safetensors copy for fine-tuning
-with LocalServer(ensure_model(name), alias=name) as srv: ... srv.base_url ...   # OpenAI-compatible endpoint
+python -m mathscale_utils.models build-server   # compile llama.cpp's llama-server once (portable AVX2 build)
+with LocalServer(ensure_model(name), alias=name, parallel=4) as srv: ... srv.base_url ...   # OpenAI-compatible
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -261,6 +265,117 @@ def base_path(base_model: str) -> str:
     return str(materialize(base_model)) if base_model in REGISTRY else base_model
 
 
+# ---- llama.cpp's server binary -----------------------------------------------------------------------------
+
+# llama-server is built from the llama.cpp sources inside this PyPI sdist (vendor/llama.cpp; serve.py takes its LoRA
+# converter from the same sdist), checked against its sha256 so that a re-upload cannot change what is compiled
+LLAMA_CPP_PYTHON = "0.3.36"
+LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+# VMs can report AMX or AVX-512 without enabling them, and a native build then dies with SIGSEGV on the first request
+PORTABLE_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" if _X86 else ""
+)
+SERVER_CMAKE_ARGS = (  # llama-server alone, statically linked, no web UI, no network code
+    "-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    "-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF "
+    "-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF"
+)
+MAX_SLOTS = 8  # parallel slots at most: each holds n_ctx tokens of KV cache
+
+
+def llama_dir() -> Path:
+    """Where the built server lives: $MATHSCALE_LLAMA_DIR, default ~/.cache/mathscale/llama.cpp-<version>.
+
+    Outside the venv on purpose: a new venv (or a second clone) reuses the build instead of compiling again."""
+    env = os.environ.get("MATHSCALE_LLAMA_DIR")
+    return (
+        Path(env).expanduser()
+        if env
+        else Path.home() / ".cache" / "mathscale" / f"llama.cpp-{LLAMA_CPP_PYTHON}"
+    )
+
+
+def _build_hint() -> str:
+    return (
+        f"build it with:  make setup  (or: {sys.executable} -m mathscale_utils.models build-server), "
+        "or set MATHSCALE_LLAMA_SERVER to a llama-server binary"
+    )
+
+
+def server_binary() -> Path:
+    """The llama-server to run: $MATHSCALE_LLAMA_SERVER, else the one build_server() made."""
+    env = os.environ.get("MATHSCALE_LLAMA_SERVER")
+    path = Path(env).expanduser() if env else llama_dir() / "bin" / "llama-server"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ModelError(f"llama.cpp's server is not built ({path} missing); {_build_hint()}")
+    return path
+
+
+def _run_logged(cmd: list[str], log: Path) -> None:
+    """Run one build command with its output appended to `log`; on failure raise with the log's end."""
+    with open(log, "ab") as f:
+        f.write(f"\n+ {' '.join(cmd)}\n".encode())
+        f.flush()
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = log.read_bytes()[-3000:].decode(errors="replace")
+        raise ModelError(f"building llama-server failed ({cmd[0]} exited with {code}); end of {log}:\n{tail}")
+
+
+def build_server(cmake_args: str = PORTABLE_CMAKE_ARGS, force: bool = False, jobs: int | None = None) -> Path:
+    """Compile llama-server from the llama.cpp sources in the llama-cpp-python sdist (PyPI) into llama_dir().
+
+    Skipped when a build with the same cmake_args is there (unless force). About 6 minutes on 2 cores."""
+    dest = llama_dir()
+    binary, info_path = dest / "bin" / "llama-server", dest / "build-info.json"
+    try:
+        same = read_json(info_path)["cmake_args"] == cmake_args and binary.is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if same and not force:
+        return binary
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise ModelError(f"building llama-server needs {tool} (Debian: apt-get install cmake g++)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log = dest.parent / f"{dest.name}.build.log"
+    log.write_bytes(b"")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp_dir:
+        tmp = Path(tmp_dir)
+        req = tmp / "requirements.txt"
+        req.write_text(f"llama-cpp-python=={LLAMA_CPP_PYTHON} --hash=sha256:{LLAMA_CPP_SDIST_SHA256}\n")
+        # --no-binary for this one package only: with :all: pip also compiles the sdist's build requirements
+        # (scikit-build-core's) from source just to read its metadata, which took over 10 minutes on a fresh venv
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+        pip += ["--require-hashes"]
+        _run_logged([*pip, "-d", str(tmp), "-r", str(req)], log)
+        sdist = next(tmp.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tf:
+            tf.extractall(tmp / "src", filter="data")
+        src = next((tmp / "src").glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        args = [*SERVER_CMAKE_ARGS.split(), *cmake_args.split()]
+        _run_logged(["cmake", "-S", str(src), "-B", str(tmp / "build"), *gen, *args], log)
+        n = str(jobs or os.cpu_count() or 1)
+        _run_logged(["cmake", "--build", str(tmp / "build"), "--target", "llama-server", "-j", n], log)
+        stage = tmp / "out"
+        (stage / "bin").mkdir(parents=True)
+        shutil.copy2(tmp / "build" / "bin" / "llama-server", stage / "bin" / "llama-server")
+        shutil.copy2(src / "LICENSE", stage / "LICENSE")  # llama.cpp is MIT-licensed: its notice goes along
+        info = {"llama_cpp_python_sdist": LLAMA_CPP_PYTHON, "sdist_sha256": LLAMA_CPP_SDIST_SHA256}
+        info |= {
+            "cmake_args": cmake_args,
+            "build_s": round(time.monotonic() - t0, 1),
+            "built": time.strftime("%F %T"),
+        }
+        write_json(stage / "build-info.json", info)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(stage, dest)
+    return binary
+
+
 # ---- local server ---------------------------------------------------------------------------------------
 
 
@@ -271,9 +386,11 @@ def _free_port() -> int:
 
 
 class LocalServer:
-    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 in a child process, logging to a file.
+    """llama.cpp's own OpenAI-compatible server (llama-server) on 127.0.0.1 in a child process, logging to a file.
 
-    The child exits by itself if this process dies (even by kill -9), so no orphan keeps the model in memory.
+    `parallel` slots answer that many requests at once (continuous batching); each slot keeps its last prompt's
+    KV cache, so a request sharing a prefix with an earlier one skips that part. The child exits by itself if this
+    process dies (even by kill -9), so no orphan keeps the model in memory.
     """
 
     def __init__(
@@ -285,22 +402,31 @@ class LocalServer:
         lora_path: str | Path | None = None,
         log_path: str | Path | None = None,
         startup_timeout_s: float = 180.0,
+        parallel: int = 1,
     ):
         self.model_path, self.alias, self.n_ctx = Path(model_path), alias, n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.lora_path, self.startup_timeout_s = lora_path, startup_timeout_s
+        self.parallel = max(1, min(parallel, MAX_SLOTS))
         self.log_path = Path(log_path or model_dir().parent / "logs" / f"llama_server.{alias}.log")
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
     @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.root_url}/v1"
 
     def server_args(self) -> list[str]:
-        args = ["--model", str(self.model_path), "--model_alias", self.alias, "--host", "127.0.0.1"]
-        args += ["--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads)]
-        return args + (["--lora_path", str(self.lora_path)] if self.lora_path else [])
+        """llama-server's command line after the binary: every slot gets n_ctx tokens of context."""
+        args = ["--model", str(self.model_path), "--alias", self.alias, "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--ctx-size", str(self.n_ctx * self.parallel)]
+        args += ["--parallel", str(self.parallel), "--threads", str(self.n_threads), "--no-webui"]
+        args += ["--cache-ram", "512"]  # the host-memory prompt cache (MiB): 8 GiB by default, too much here
+        return args + (["--lora", str(self.lora_path)] if self.lora_path else [])
 
     def log_tail(self, n: int = 3000) -> str:
         """The end of the server's log, for error messages."""
@@ -312,24 +438,15 @@ class LocalServer:
     def start(self) -> LocalServer:
         if self.proc is not None:
             return self
+        binary = server_binary()
         self.port = _free_port()
-        args = self.server_args()
-        # `python -m llama_cpp.server ARGS`, behind a watchdog that ends it when this process dies
-        cmd = [
-            sys.executable,
-            "-m",
-            "mathscale_utils.models",
-            "serve",
-            "--parent-pid",
-            str(os.getpid()),
-            "--",
-            *args,
-        ]
+        args = [str(binary), *self.server_args()]
+        # llama-server ARGS, behind a watchdog that ends it when this process dies
+        watchdog = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid", str(os.getpid())]
+        cmd = [*watchdog, "--", *args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(
-                f"\n==== {time.strftime('%F %T')} python -m llama_cpp.server {' '.join(args)}\n".encode()
-            )
+            log.write(f"\n==== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
             log.flush()
             out = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
             self.proc = subprocess.Popen(cmd, **out, start_new_session=True)  # type: ignore[call-overload]
@@ -342,8 +459,8 @@ class LocalServer:
                 raise ModelError(
                     f"llama.cpp server exited with code {code} while starting; {self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
+            try:  # 503 while the model loads, 200 once it answers
+                with urllib.request.urlopen(f"{self.root_url}/health", timeout=2) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -353,7 +470,7 @@ class LocalServer:
                 raise ModelError(
                     f"llama.cpp server not ready after {self.startup_timeout_s:g} s; {self.log_tail()}"
                 )
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Terminate the server (then kill it if it lingers). Safe to call twice."""
@@ -375,19 +492,38 @@ class LocalServer:
         self.stop()
 
 
-def _serve(parent_pid: int, server_args: list[str]) -> None:
-    """Child entry point: run llama_cpp.server, exiting as soon as the parent process is gone."""
+def _die_with_parent() -> None:
+    """In the forked server, before exec: the kernel kills it (SIGKILL) when the watchdog dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # elsewhere the watchdog's polling alone ends the server
 
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
 
-    threading.Thread(target=watch, daemon=True).start()
-    from llama_cpp.server.__main__ import main as server_main
+def _serve(parent_pid: int, cmd: list[str]) -> None:
+    """Watchdog entry point: run the server as its child; end it when the parent is gone; exit as it exited.
 
-    sys.argv = ["llama_cpp.server", *server_args]
-    server_main()
+    Single-threaded on purpose: the kernel's parent-death signal fires when the thread that forked exits."""
+    child = subprocess.Popen(cmd, preexec_fn=_die_with_parent)  # preexec_fn: safe, no other thread here
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if os.getppid() != parent_pid:
+                child.kill()
+                os._exit(0)
+    if code < 0:  # killed by a signal (SIGSEGV...): die of the same signal, so that the parent sees it
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,6 +537,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("materialize", help="GGUF -> safetensors copy for transformers").add_argument(
         "names", nargs="+"
     )
+    build = sub.add_parser("build-server", help="compile llama.cpp's server (llama-server) from PyPI sources")
+    build.add_argument(
+        "--cmake-args", default=PORTABLE_CMAKE_ARGS, help="default: a portable (AVX2) x86-64 build"
+    )
+    build.add_argument("--force", action="store_true", help="build again even if the same build is there")
     serve = sub.add_parser("serve", help=argparse.SUPPRESS)
     serve.add_argument("--parent-pid", type=int, required=True)
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
@@ -412,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(ensure_model(name))
         elif a.cmd == "path":
             print(ensure_model(a.name))
+        elif a.cmd == "build-server":
+            print(build_server(a.cmake_args, force=a.force))
         elif a.cmd == "materialize":
             for name in a.names:
                 print(materialize(name))

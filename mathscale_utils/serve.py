@@ -50,7 +50,8 @@ def setup_converter(version: str = LLAMA_CPP_VERSION, dest: Path = CONVERTER_DIR
     if script.exists():
         return script
     with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp]
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+        pip += ["-d", tmp]  # --no-binary :all: would compile the sdist's build requirements too (minutes)
         subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True)
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         prefix = f"{sdist.name[: -len('.tar.gz')]}/vendor/llama.cpp/"
@@ -146,7 +147,7 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
     try:
         server.start()
         update = {**plain, "model": "student", "base_url": server.base_url, "identity": f"{sid}@{mode}",
-                  "concurrency": getattr(server, "slots", 1)}  # fmt: skip
+                  "concurrency": server.parallel}  # fmt: skip
         yield (
             P.llm.model_copy(update=update),
             f"the fine-tuned student {sid}, served by {mode} at {server.base_url}",
@@ -163,7 +164,8 @@ def _student_server(P: Params, mode: str):
         if not run.adapter_gguf.exists():
             raise ValueError(f"evaluate.serve: llama_cpp needs {run.adapter_gguf} (an embedded base model)")
         gguf = ensure_model(ft.base_model)
-        return LocalServer(gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log)
+        return LocalServer(gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log,
+                           parallel=P.llm.concurrency)  # fmt: skip
     full = not (run.adapter / "adapter_config.json").exists()
     args = [str(run.adapter) if full else base_path(ft.base_model), "--served-model-name", "student"]
     if not full:
@@ -176,7 +178,7 @@ class CommandServer:
     """An OpenAI-compatible server started as `command --host 127.0.0.1 --port N` (vLLM's form), ready when
     /v1/models answers, logging to a file, stopped (and killed if it lingers) on stop() or when we exit."""
 
-    slots = 64  # vLLM batches what it is sent
+    parallel = 64  # requests in flight: vLLM batches what it is sent
 
     def __init__(self, command: list[str], log_path: Path, startup_s: float):
         self.command, self.log_path, self.startup_s = command, Path(log_path), startup_s
@@ -241,7 +243,8 @@ def compare(P: Params, n: int | None = None) -> list[dict]:
     _, held = split_rows(read_jsonl(train_file(cfg, run.root)), cfg)
     held = held[: n or cfg.eval_holdout]
     reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
-    base_cfg = LLMConfig(model=cfg.base_model, concurrency=1, n_ctx=P.llm.n_ctx, n_threads=P.llm.n_threads)
+    base_cfg = LLMConfig(model=cfg.base_model, concurrency=P.llm.concurrency, n_ctx=P.llm.n_ctx,
+                         n_threads=P.llm.n_threads)  # fmt: skip
     answers, errors = [], []
     for lora in (None, run.adapter_gguf):
         student = base_cfg.model_copy(update={"lora_path": lora and str(lora)})

@@ -1,10 +1,18 @@
-"""mathscale_utils.models: registry errors, assembly and sha256 checks on tiny fake packages, and (slow) a real server."""
+"""mathscale_utils.models: registry errors, assembly and sha256 checks on tiny fake packages, the server's command
+line and watchdog, and (slow) the real llama-server: parallel slots, JSON schema, LoRA, a portable binary."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +22,19 @@ import pytest
 from mathscale_utils import models
 from mathscale_utils.chat import ChatRequest, parse_json_reply
 from mathscale_utils.llm import LLM, ServerDied
-from mathscale_utils.models import REGISTRY, LocalServer, ModelError, ModelSpec, Part, ensure_model, get_spec
+from mathscale_utils.models import (
+    MAX_SLOTS,
+    PORTABLE_CMAKE_ARGS,
+    REGISTRY,
+    LocalServer,
+    ModelError,
+    ModelSpec,
+    Part,
+    ensure_model,
+    get_spec,
+    llama_dir,
+    server_binary,
+)
 from mathscale_utils.params import LLMConfig
 
 
@@ -146,6 +166,133 @@ def test_server_that_dies_reports_its_log(tmp_path):
     assert str(tmp_path / "server.log") in str(e.value) and server.proc is None
 
 
+def _flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_server_command_line_gives_every_slot_its_context(tmp_path):
+    lora = tmp_path / "adapter.gguf"
+    srv = LocalServer(tmp_path / "m.gguf", "m", n_ctx=2048, n_threads=2, lora_path=lora, parallel=3)
+    args = srv.server_args()
+    assert _flag(args, "--parallel") == "3" and _flag(args, "--ctx-size") == "6144"
+    assert (
+        _flag(args, "--threads") == "2"
+        and _flag(args, "--lora") == str(lora)
+        and _flag(args, "--alias") == "m"
+    )
+    assert "--lora" not in LocalServer(tmp_path / "m.gguf", "m").server_args()
+    assert LocalServer(tmp_path / "m.gguf", "m", parallel=100).parallel == MAX_SLOTS
+    assert LocalServer(tmp_path / "m.gguf", "m", parallel=0).parallel == 1
+
+
+def test_missing_server_binary_says_how_to_build(tmp_path, monkeypatch):
+    monkeypatch.delenv("MATHSCALE_LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("MATHSCALE_LLAMA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(ModelError, match=r"not built .*models build-server"):
+        LocalServer(tmp_path / "m.gguf", "m").start()
+    monkeypatch.setenv("MATHSCALE_LLAMA_SERVER", str(tmp_path / "no-such-binary"))
+    with pytest.raises(ModelError, match="no-such-binary"):
+        server_binary()
+
+
+class _StopBuild(Exception):
+    pass
+
+
+def test_build_is_skipped_only_when_the_same_build_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHSCALE_LLAMA_DIR", str(tmp_path / "llama"))
+    binary = tmp_path / "llama" / "bin" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    (tmp_path / "llama" / "build-info.json").write_text(json.dumps({"cmake_args": PORTABLE_CMAKE_ARGS}))
+    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt an identical build"))
+    assert models.build_server() == binary
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        raise _StopBuild
+
+    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    with pytest.raises(_StopBuild):
+        models.build_server("-DGGML_NATIVE=ON")  # another configuration: built again, from the PyPI sdist
+    assert (
+        "--no-binary" in calls[0] and "--require-hashes" in calls[0]
+    )  # the sdist, checked against its sha256
+    with pytest.raises(_StopBuild):
+        models.build_server(force=True)
+
+
+# ---- the watchdog between this process and the server (a stand-in server: no model needed) -------------------
+
+WATCHDOG = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid"]
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _wait(cond, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _child(pid: int) -> int:
+    """The one child of a process (the server under its watchdog), waiting for it to appear."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    assert _wait(lambda: path.read_text().split() != []), f"process {pid} started no child"
+    (child,) = map(int, path.read_text().split())
+    return child
+
+
+@linux_only
+def test_watchdog_ends_the_server_when_its_parent_is_killed():
+    code = (
+        f"import os, subprocess, time; p = subprocess.Popen({WATCHDOG!r} + [str(os.getpid()), '--', 'sleep', '300'])"
+        "; print(p.pid, flush=True); time.sleep(300)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        watchdog = int(parent.stdout.readline())
+        server = _child(watchdog)
+        assert not _gone(server)
+        parent.kill()  # kill -9: no atexit, no finally
+        parent.wait(10)
+        assert _wait(lambda: _gone(server)) and _wait(lambda: _gone(watchdog))
+    finally:
+        parent.kill()
+
+
+@linux_only
+def test_a_killed_watchdog_takes_the_server_with_it():
+    watchdog = subprocess.Popen([*WATCHDOG, str(os.getpid()), "--", "sleep", "300"])
+    server = _child(watchdog.pid)
+    watchdog.kill()
+    assert watchdog.wait(10) == -signal.SIGKILL and _wait(lambda: _gone(server))
+
+
+@linux_only
+def test_watchdog_exits_as_the_server_exited():
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    assert subprocess.run([*WATCHDOG, str(os.getpid()), "--", sys.executable, "-c", crash]).returncode == -11
+    assert (
+        subprocess.run([*WATCHDOG, str(os.getpid()), "--", sys.executable, "-c", "exit(3)"]).returncode == 3
+    )
+    watchdog = subprocess.Popen([*WATCHDOG, str(os.getpid()), "--", "sleep", "300"])
+    server = _child(watchdog.pid)
+    watchdog.terminate()  # what LocalServer.stop() does: passed on to the server
+    assert watchdog.wait(10) == -signal.SIGTERM and _wait(lambda: _gone(server))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_embedded_smollm2_end_to_end(tmp_path, monkeypatch):
@@ -167,7 +314,9 @@ def test_embedded_smollm2_end_to_end(tmp_path, monkeypatch):
     asks = [
         ChatRequest(messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=24),
         ChatRequest(
-            messages=[{"role": "user", "content": "Reply in JSON: what is 2 + 2?"}],
+            # (the 135M model answers "Reply in JSON: what is 2 + 2?" with {"type": "json", "data": {... nested
+            # until max_tokens under llama-server's generic-object grammar; this wording it closes)
+            messages=[{"role": "user", "content": "Reply in JSON with the key answer: what is 2 + 2?"}],
             max_tokens=48,
             response_format={"type": "json_object"},
         ),
@@ -183,6 +332,7 @@ def test_embedded_smollm2_end_to_end(tmp_path, monkeypatch):
         assert isinstance(parse_json_reply(out[1].text), dict)
         assert isinstance(parse_json_reply(out[2].text)["answer"], int)
         server_proc = llm._server.proc
+        assert llm._server.parallel == 2  # one slot per request in flight
     assert server_proc.poll() is not None  # stopped on close
     with LLM(cfg, tmp_path / "cache", "slow") as llm:  # all cached: no server is started
         assert all(r.cached for r in llm.chat_many(asks)) and llm._server is None
@@ -208,3 +358,110 @@ def test_a_server_that_dies_mid_batch_stops_the_batch(tmp_path):
         assert time.monotonic() - t0 < 20 and "llama_server.died.log" in str(e.value)
     with LLM(cfg, tmp_path / "cache", "died") as llm:  # the answer before the crash was kept
         assert llm.chat_many(ask)[0].cached
+
+
+# ---- the real llama-server (slow: needs the built binary and the 135M model) -----------------------------------
+
+SMOL = "smollm2-135m-instruct"
+
+
+def _post(url: str, body: dict, timeout: float = 120) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_parallel_slots_answer_requests_at_once(tmp_path):
+    """Two requests in flight on a 2-slot server are decoded together (continuous batching), not queued."""
+    with LocalServer(ensure_model(SMOL), "smol", n_ctx=1024, log_path=tmp_path / "s.log", parallel=2) as srv:
+        with urllib.request.urlopen(f"{srv.root_url}/slots", timeout=5) as r:
+            assert len(json.load(r)) == 2
+        body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 160}
+        body |= {"ignore_eos": True, "temperature": 0.0}  # every reply is exactly max_tokens long
+        replies: list[dict] = []
+        threads = [
+            threading.Thread(target=lambda: replies.append(_post(f"{srv.base_url}/chat/completions", body)))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        busy = 0
+        while any(t.is_alive() for t in threads):
+            with urllib.request.urlopen(f"{srv.root_url}/slots", timeout=5) as r:
+                busy = max(busy, sum(s["is_processing"] for s in json.load(r)))
+            time.sleep(0.02)
+        for t in threads:
+            t.join()
+    assert busy == 2
+    assert [r["usage"]["completion_tokens"] for r in replies] == [160, 160]
+    assert replies[0]["choices"][0]["message"]["content"] == replies[1]["choices"][0]["message"]["content"]
+
+
+def _tiny_lora(base: Path, out: Path, rank: int = 4) -> Path:
+    """A random LoRA adapter GGUF on every attn_q of `base` (big enough to change a greedy answer)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(base)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(out, arch)
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for t in reader.tensors:
+        if t.name.endswith("attn_q.weight"):
+            n_in, n_out = (int(x) for x in t.shape[:2])
+            w.add_tensor(f"{t.name}.lora_a", rng.normal(0, 0.3, (rank, n_in)).astype(np.float32))
+            w.add_tensor(f"{t.name}.lora_b", rng.normal(0, 0.3, (n_out, rank)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_lora_adapter_is_loaded_and_changes_the_answer(tmp_path):
+    """cfg.lora_path reaches llama-server (--lora): the same greedy request answers differently with it."""
+    lora = _tiny_lora(ensure_model(SMOL), tmp_path / "adapter.gguf")
+    ask = [
+        ChatRequest(messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24)
+    ]
+    texts = []
+    for name, path in [("base", None), ("base-again", None), ("lora", str(lora))]:
+        cfg = LLMConfig(model=SMOL, n_ctx=1024, timeout_s=120, lora_path=path)
+        with LLM(cfg, tmp_path / name, "lora", progress=False) as llm:
+            (res,) = llm.chat_many(ask)
+            assert res.ok and not res.cached and llm._server.lora_path == path
+            texts.append(res.text)
+    assert texts[0] == texts[1] and texts[2] != texts[0]
+    assert "adapter.gguf" in (tmp_path / "lora" / "llama_server.lora.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the portable flags are x86-64's")
+def test_the_built_server_uses_no_avx512_or_amx(monkeypatch):
+    """The default build is portable: AVX2 code, no AVX-512 (zmm, mask registers) or AMX (tmm) instruction,
+    which VMs may report without enabling (a native build died there with SIGSEGV)."""
+    monkeypatch.delenv("MATHSCALE_LLAMA_SERVER", raising=False)
+    if json.loads((llama_dir() / "build-info.json").read_text())["cmake_args"] != PORTABLE_CMAKE_ARGS:
+        pytest.skip("the installed llama-server is not the default portable build (make llama-rebuild)")
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) missing")
+    dump = subprocess.Popen(
+        ["objdump", "-d", "--no-show-raw-insn", str(server_binary())], stdout=subprocess.PIPE
+    )
+    counts = {"ymm": 0, "zmm": 0, "mask": 0, "tmm": 0}
+    for line in dump.stdout:
+        if b"%" in line:
+            counts["ymm"] += b"%ymm" in line
+            counts["zmm"] += b"%zmm" in line
+            counts["tmm"] += b"%tmm" in line
+            counts["mask"] += re.search(rb"%k[0-7]\b", line) is not None
+    assert dump.wait() == 0
+    assert counts["ymm"] > 1000 and counts["zmm"] == counts["mask"] == counts["tmm"] == 0, counts
