@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mathscale_utils.chat import ChatRequest  # noqa: E402
+from mathscale_utils.config import LLMConfig  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
 from mathscale_utils.llm import LLM  # noqa: E402
-from mathscale_utils.params import LLMConfig  # noqa: E402
 
 TOOLS = ROOT.parent / "shared" / "tools" / "throughput"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from mathscale_utils import concepts
 from mathscale_utils.chat import ChatRequest
+from mathscale_utils.config import LLMConfig, SeedsConfig
 from mathscale_utils.io import write_json
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import LLMConfig, SeedsConfig
 from mathscale_utils.seeds import load_seeds
 
 

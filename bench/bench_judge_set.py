@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mathscale_utils.answer_review import disagreement_summary  # noqa: E402
 from mathscale_utils.answers import normalise, number_value  # noqa: E402
 from mathscale_utils.io import write_json  # noqa: E402
 from mathscale_utils.judges import _parse_gold, judge, strict_judge  # noqa: E402
-from mathscale_utils.mwpbench import disagreement_summary  # noqa: E402
 from mathscale_utils.paper_judge import paper_judge  # noqa: E402
 
 SET = ROOT / "tests" / "data" / "judge_set.jsonl"

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mathscale_utils.chat import LOCAL_API_KEY, ChatRequest, request_body
+from mathscale_utils.config import BatchConfig
 from mathscale_utils.io import read_json, write_json, write_jsonl
-from mathscale_utils.params import BatchConfig
 
 if TYPE_CHECKING:
     from mathscale_utils.llm import LLM

@@ -36,9 +36,9 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.artifacts import CompositionRow, RunDir
+from mathscale_utils.config import ComposeConfig
 from mathscale_utils.graph import EDGE_KINDS, KP, TOPIC, nodes_of_type
 from mathscale_utils.io import read_jsonl, write_json, write_jsonl
-from mathscale_utils.params import ComposeConfig
 
 # ----------------------------------------------------------------------------------------------------------------
 # Random walk: CSR arrays

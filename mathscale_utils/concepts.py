@@ -22,9 +22,9 @@ from typing import Any
 
 from mathscale_utils.artifacts import Record, RunDir
 from mathscale_utils.chat import ChatRequest, ChatResult, Unusable, ask_validated, parse_json_reply
+from mathscale_utils.config import ExtractConfig
 from mathscale_utils.io import write_json
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import ExtractConfig
 
 PROMPT = """You are a math teacher. Read the question below and work out what it is testing.
 First name 1 or 2 general topics it belongs to (a subject or textbook chapter, for example "Ratio and proportion").

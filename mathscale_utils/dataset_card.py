@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.artifacts import RunDir, stage
+from mathscale_utils.config import GenerateConfig, LLMConfig
 from mathscale_utils.filters import Assembly, funnel_adds_up
 from mathscale_utils.io import DataError, read_json, write_json, write_jsonl, write_text
-from mathscale_utils.params import GenerateConfig, LLMConfig
 from mathscale_utils.reply_format import PROMPT, RETRY, template_hash
 
 # ----------------------------------------------------------------------------------------------------------------

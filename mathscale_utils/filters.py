@@ -19,11 +19,11 @@ from mathscale_utils.answers import final_answer, normalise, number_value
 from mathscale_utils.artifacts import stage
 from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
 from mathscale_utils.chat import ChatRequest
+from mathscale_utils.config import GenerateConfig
 from mathscale_utils.io import DataError
 from mathscale_utils.judges import answers_equivalent
 from mathscale_utils.llm import LLM
 from mathscale_utils.paper_judge import paper_judge
-from mathscale_utils.params import GenerateConfig
 from mathscale_utils.reply_format import CHECK_PROMPT, seed_solution
 
 # ----------------------------------------------------------------------------------------------------------------

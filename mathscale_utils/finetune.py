@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mathscale_utils.artifacts import RunDir
+from mathscale_utils.config import FinetuneConfig
 from mathscale_utils.io import (
     append_jsonl,
     read_json,
@@ -56,7 +57,7 @@ from mathscale_utils.io import (
     write_text,
 )
 from mathscale_utils.models import base_path, clear_gguf_quant_flags
-from mathscale_utils.params import FinetuneConfig, resolve_path
+from mathscale_utils.params import resolve_path
 from mathscale_utils.templates import fill_template
 
 # open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"

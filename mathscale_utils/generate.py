@@ -63,9 +63,9 @@ import numpy as np
 
 from mathscale_utils.artifacts import CompositionRow, ConceptRow, GeneratedRow, RunDir, stage
 from mathscale_utils.chat import ChatRequest, ChatResult, Unusable, ask_validated
+from mathscale_utils.config import GenerateConfig, LLMConfig
 from mathscale_utils.io import DataError, read_json, read_jsonl, write_json, write_jsonl
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import GenerateConfig, LLMConfig
 from mathscale_utils.reply_format import (
     CHECK_PROMPT,
     EXAMPLE,

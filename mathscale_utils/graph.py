@@ -34,8 +34,8 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.artifacts import RunDir
+from mathscale_utils.config import GraphConfig
 from mathscale_utils.io import DataError, write_json, write_text
-from mathscale_utils.params import GraphConfig
 
 TOPIC = "topic"
 KP = "kp"

@@ -21,10 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from mathscale_utils import answers as _answers
-from mathscale_utils.paper_judge import (
-    PaperVerdict,
-    paper_judge,
-)
+from mathscale_utils.paper_judge import PaperVerdict, paper_judge
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,10 @@ from yarl import URL
 
 from mathscale_utils.batch import BatchRunner
 from mathscale_utils.chat import LOCAL_API_KEY, ChatRequest, ChatResult, HTTPError, reply_text, request_body
+from mathscale_utils.config import LLMConfig
 from mathscale_utils.io import read_jsonl
 from mathscale_utils.models import LocalServer, ensure_model
-from mathscale_utils.params import LLMConfig, Params
+from mathscale_utils.params import Params
 from mathscale_utils.usage import COUNTERS, UsageFile
 
 CACHE_FILE = "llm_cache.jsonl"

@@ -52,9 +52,10 @@ from mathscale_utils.benchmarks import (
     read_fresh_gaokao,
 )
 from mathscale_utils.chat import ChatRequest
+from mathscale_utils.config import EvalConfig
 from mathscale_utils.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl
 from mathscale_utils.judges import JUDGES, judge
-from mathscale_utils.params import EvalConfig, resolve_path
+from mathscale_utils.params import resolve_path
 from mathscale_utils.templates import fill_template
 
 

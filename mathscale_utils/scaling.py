@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from mathscale_utils.artifacts import RunDir
+from mathscale_utils.config import PAPER_PAIRS
 from mathscale_utils.io import DataError, read_json, read_jsonl
 from mathscale_utils.judges import JUDGES
 from mathscale_utils.paper_tables import TABLE6, TABLE7, paper_row
-from mathscale_utils.params import PAPER_PAIRS
 
 # Table 6's settings, as the sweep tags them (see params/scaling_cpu.yaml), and their rows in paper_tables.TABLE6.
 TABLE6_SETTINGS = {

@@ -15,8 +15,9 @@ from typing import Any
 
 from mathscale_utils.artifacts import Record
 from mathscale_utils.benchmarks import CUSTOM, read_dataset, read_official
+from mathscale_utils.config import SeedsConfig
 from mathscale_utils.io import DataError
-from mathscale_utils.params import SeedsConfig, resolve_path
+from mathscale_utils.params import resolve_path
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 

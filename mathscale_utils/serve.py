@@ -28,11 +28,12 @@ from pathlib import Path
 
 from mathscale_utils.artifacts import stage
 from mathscale_utils.chat import ChatRequest
+from mathscale_utils.config import LLMConfig
 from mathscale_utils.finetune import alpaca_prompt, split_rows, train_file
 from mathscale_utils.io import read_jsonl, write_jsonl
 from mathscale_utils.llm import LLM
 from mathscale_utils.models import REGISTRY, LocalServer, base_path, ensure_model
-from mathscale_utils.params import LLMConfig, Params
+from mathscale_utils.params import Params
 
 LLAMA_CPP_VERSION = "0.3.36"
 CONVERTER_DIR = Path.home() / ".cache" / "mathscale" / f"llama_cpp_convert-{LLAMA_CPP_VERSION}"

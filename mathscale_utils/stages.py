@@ -206,11 +206,11 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
     """04 (§4.1): LoRA (CPU) or QLoRA (GPU) on MathScaleQA; then the adapter in llama.cpp's form and the held-out
     questions answered before and after, through the embedded server, when the base is an embedded model."""
     cfg, run = P.finetune, P.run
-    card = ft.train(cfg, run, callbacks=callbacks)
+    card = ft.train(cfg, run, callbacks=callbacks, log=log)
     log(
         f"loss {card['initial_loss']} -> {card['final_loss']} in {card['steps']} steps, {card['wall_time_s']} s"
     )
-    if can_convert(cfg.base_model):
+    if cfg.method != "full" and can_convert(cfg.base_model):  # a fully fine-tuned model has no adapter
         convert_adapter_to_gguf(run.adapter, cfg.base_model)
         rows = compare(P)
         log(f"{run.adapter_gguf.name} written; {len(rows)} held-out questions answered before and after")

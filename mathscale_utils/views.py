@@ -38,6 +38,7 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.artifacts import RunDir
+from mathscale_utils.config import ViewsConfig
 from mathscale_utils.graph import (
     KP,
     KP_COLOR,
@@ -50,7 +51,6 @@ from mathscale_utils.graph import (
     topic_id,
 )
 from mathscale_utils.io import write_text
-from mathscale_utils.params import ViewsConfig
 
 WALK_COLOR = "#e15759"
 CENTER_COLOR = "#b07aa1"

@@ -12,9 +12,10 @@ import pytest
 from mathscale_utils import stages
 from mathscale_utils.batch import BatchBudgetError, BatchRunner
 from mathscale_utils.chat import ChatRequest, request_body
+from mathscale_utils.config import BatchConfig, LLMConfig
 from mathscale_utils.io import read_json
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import BatchConfig, LLMConfig, load_params
+from mathscale_utils.params import load_params
 
 from fake_batch import FakeBatchAPI
 

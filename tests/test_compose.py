@@ -12,9 +12,9 @@ import pytest
 from scipy.stats import chisquare
 
 from mathscale_utils.compose import compose, drop_table, read_compositions, write_compositions
+from mathscale_utils.config import ComposeConfig
 from mathscale_utils.graph import build_graph, composition_path, kp_id, topic_id
 from mathscale_utils.io import read_json
-from mathscale_utils.params import ComposeConfig
 
 from concept_rows import row, synthetic_rows
 

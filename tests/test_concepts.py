@@ -14,7 +14,7 @@ from mathscale_utils.concepts import (
     summary,
     to_rows,
 )
-from mathscale_utils.params import ExtractConfig
+from mathscale_utils.config import ExtractConfig
 
 CFG = ExtractConfig()
 

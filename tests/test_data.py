@@ -30,9 +30,9 @@ from mathscale_utils.benchmarks import (
     read_official,
     read_tal,
 )
+from mathscale_utils.config import SeedsConfig
 from mathscale_utils.io import DataError
 from mathscale_utils.mwpbench import cap_per_task, stratified_subset
-from mathscale_utils.params import SeedsConfig
 from mathscale_utils.seeds import load_seeds
 
 ROOT = Path(__file__).resolve().parents[1]

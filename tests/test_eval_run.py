@@ -11,10 +11,10 @@ import pytest
 
 from mathscale_utils.answer_review import disagreements, error_examples, write_fresh_gaokao_check
 from mathscale_utils.artifacts import Record
+from mathscale_utils.config import EvalConfig, LLMConfig
 from mathscale_utils.io import DataError
 from mathscale_utils.llm import LLM, model_id
 from mathscale_utils.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
-from mathscale_utils.params import EvalConfig, LLMConfig
 from mathscale_utils.templates import STOP_STRINGS, fill_template
 
 from fake_openai import fail_first, prompt_of
@@ -274,7 +274,8 @@ def test_each_student_behind_one_endpoint_is_asked_afresh(tmp_path, fake_openai)
 
 
 def test_a_base_model_student_gets_the_bare_alpaca_prompt_as_a_text_completion(tmp_path, fake_openai):
-    from mathscale_utils.llm import LLM, LLMConfig
+    from mathscale_utils.config import LLMConfig
+    from mathscale_utils.llm import LLM
 
     fake_openai.answer = lambda body: " The answer is 18."
     cfg = LLMConfig(model="student", base_url=fake_openai.base_url, identity="base+lora:1")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.chain import StageFailed, run_chain, sweep_params
+from mathscale_utils.config import SeedsConfig
 from mathscale_utils.io import FILE_MODE, Locked, locked, read_json, write_json
-from mathscale_utils.params import ROOT, ParamsError, SeedsConfig, load_params, parse_params
+from mathscale_utils.params import ROOT, ParamsError, load_params, parse_params
 from mathscale_utils.seeds import load_seeds
 
 from fake_openai import EXTRACTION_REPLY, FakeOpenAI

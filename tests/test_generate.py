@@ -16,6 +16,7 @@ import pytest
 
 from mathscale_utils import dataset_stats, filters, reply_format, stages
 from mathscale_utils import generate as gen
+from mathscale_utils.config import GenerateConfig, LLMConfig
 from mathscale_utils.filters import (
     Decontaminator,
     TestItem,
@@ -25,7 +26,7 @@ from mathscale_utils.filters import (
 )
 from mathscale_utils.generate import FewShotIndex, composition_rng, plan_request, retry_request
 from mathscale_utils.io import read_json, read_jsonl, write_jsonl
-from mathscale_utils.params import ROOT, GenerateConfig, LLMConfig, ParamsError, load_params, parse_params
+from mathscale_utils.params import ROOT, ParamsError, load_params, parse_params
 from mathscale_utils.reply_format import parse_generation
 
 from fake_openai import FakeOpenAI

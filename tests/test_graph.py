@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import networkx as nx
 import pytest
 
+from mathscale_utils.config import GraphConfig
 from mathscale_utils.graph import (
     build_graph,
     central_nodes,
@@ -24,7 +25,6 @@ from mathscale_utils.graph import (
     type_counts,
 )
 from mathscale_utils.io import read_json
-from mathscale_utils.params import GraphConfig
 
 from concept_rows import row
 

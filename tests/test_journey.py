@@ -10,11 +10,12 @@ import pytest
 from mathscale_utils import compose, concepts, dataset_card, filters, mwpbench
 from mathscale_utils import generate as gen
 from mathscale_utils.artifacts import CompositionRow, Record, stage
+from mathscale_utils.config import GenerateConfig, LLMConfig
 from mathscale_utils.graph import build_graph, save_graph
 from mathscale_utils.io import DataError, read_jsonl, write_jsonl
 from mathscale_utils.journey import journey_markdown, main
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import GenerateConfig, LLMConfig, Params
+from mathscale_utils.params import Params
 
 # (id, question, answer, topics, knowledge points): "Multiplication", seen once, falls to the frequency filter
 SEEDS = [

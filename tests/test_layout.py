@@ -10,7 +10,7 @@ from mathscale_utils.artifacts import STAGES, RunDir
 
 PKG = Path(__file__).resolve().parent.parent / "mathscale_utils"
 MODULES = {p.stem: p for p in PKG.glob("*.py") if p.stem != "__init__"}
-FOUNDATION = {"params", "artifacts", "templates", "io"}  # the config layer and what it stands on
+FOUNDATION = {"params", "config", "artifacts", "templates", "io"}  # the config layer and what it stands on
 
 
 def _imports(path: Path) -> set[str]:

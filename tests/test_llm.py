@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.chat import ChatRequest, HTTPError, parse_json_reply
+from mathscale_utils.config import LLMConfig
 from mathscale_utils.io import read_jsonl
 from mathscale_utils.llm import LLM, BudgetExceeded
-from mathscale_utils.params import LLMConfig
 
 from fake_openai import FakeOpenAI, fail_first
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.chat import ChatRequest
+from mathscale_utils.config import LLMConfig
 from mathscale_utils.io import read_json
 from mathscale_utils.llm import LLM, BudgetExceeded
-from mathscale_utils.params import LLMConfig, ParamsError, parse_params
+from mathscale_utils.params import ParamsError, parse_params
 
 from fake_openai import FakeOpenAI, fail_first
 

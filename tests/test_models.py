@@ -21,6 +21,7 @@ import pytest
 
 from mathscale_utils import models
 from mathscale_utils.chat import ChatRequest, parse_json_reply
+from mathscale_utils.config import LLMConfig
 from mathscale_utils.llm import LLM, ServerDied
 from mathscale_utils.models import (
     MAX_SLOTS,
@@ -35,7 +36,6 @@ from mathscale_utils.models import (
     llama_dir,
     server_binary,
 )
-from mathscale_utils.params import LLMConfig
 
 
 def make_package(site: Path, dist: str, version: str, relpath: str, data: bytes) -> Part:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mathscale_utils.artifacts import Record
+from mathscale_utils.config import EvalConfig
 from mathscale_utils.mwpbench import cap_per_task, compute_metrics
-from mathscale_utils.params import EvalConfig
 from mathscale_utils.templates import STOP_STRINGS
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import pytest
 from mathscale_utils import chain, concepts, dataset_card, filters, mwpbench, scaling
 from mathscale_utils import generate as gen
 from mathscale_utils.artifacts import CompositionRow, Record, RunDir, stage
+from mathscale_utils.config import GenerateConfig, LLMConfig
 from mathscale_utils.io import read_json, write_json, write_jsonl
 from mathscale_utils.llm import LLM
-from mathscale_utils.params import GenerateConfig, LLMConfig, Params
+from mathscale_utils.params import Params
 from mathscale_utils.templates import fill_template
 
 GENERATE = GenerateConfig(decontaminate=False, dedup=False, export_hf=False)  # every usable reply is kept

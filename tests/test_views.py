@@ -14,6 +14,7 @@ import matplotlib
 import pytest
 
 from mathscale_utils.compose import compose
+from mathscale_utils.config import ComposeConfig, ViewsConfig
 from mathscale_utils.graph import (
     build_graph,
     degree_distribution_figure,
@@ -21,7 +22,6 @@ from mathscale_utils.graph import (
     topic_kp_heatmap,
     topic_kp_matrix,
 )
-from mathscale_utils.params import ComposeConfig, ViewsConfig
 from mathscale_utils.views import (
     ego_view,
     layout_positions,
