@@ -56,6 +56,7 @@ def test_the_paper_path_runs_end_to_end_and_a_second_student_is_asked_afresh(tmp
     assert read_json(P.run.compositions_stats)["kept"] == 6
     card = read_json(P.run.training_card)
     assert card["steps"] == 3 and card["hyperparameters"]["prompt_format"] == "alpaca"
+    assert card["world_size"] == 2 and card["backend"] == "gloo" and card["effective_batch"] == 4  # two DDP ranks
     metrics = read_json(P.run.metrics)
     student = metrics[
         "llm"
