@@ -56,11 +56,12 @@ def test_the_paper_path_runs_end_to_end_and_a_second_student_is_asked_afresh(tmp
     assert read_json(P.run.compositions_stats)["kept"] == 6
     card = read_json(P.run.training_card)
     assert card["steps"] == 3 and card["hyperparameters"]["prompt_format"] == "alpaca"
-    assert card["world_size"] == 2 and card["backend"] == "gloo" and card["effective_batch"] == 4  # two DDP ranks
+    # two DDP ranks
+    assert card["world_size"] == 2 and card["backend"] == "gloo"
+    assert card["effective_batch"] == 4
     metrics = read_json(P.run.metrics)
-    student = metrics[
-        "llm"
-    ]  # asked through the server stage 05 started: the trained student, text completions
+    # asked through the server stage 05 started: the trained student, text completions
+    student = metrics["llm"]
     rows = load_predictions(P.run.predictions)
     first = {r["model"] for r in rows}
     assert len(first) == 1 and next(iter(first)).startswith("smollm2-135m-instruct+lora:")
