@@ -385,13 +385,102 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalServer:
-    """llama.cpp's own OpenAI-compatible server (llama-server) on 127.0.0.1 in a child process, logging to a file.
-
-    `parallel` slots answer that many requests at once (continuous batching); each slot keeps its last prompt's
-    KV cache, so a request sharing a prefix with an earlier one skips that part. The child exits by itself if this
-    process dies (even by kill -9), so no orphan keeps the model in memory.
+class ServerProcess:
+    """An OpenAI-compatible server in a child process on 127.0.0.1: a free port, a log file, ready when `ready_path`
+    answers 200, stopped on stop(), on `with` exit or when we exit. It runs behind a watchdog (`_serve`), so it also
+    ends when this process dies, even by kill -9, and no orphan keeps a model in memory. Subclasses give the command.
     """
+
+    name = "server"
+    ready_path = "/v1/models"
+
+    def __init__(self, log_path: str | Path, startup_timeout_s: float, parallel: int):
+        self.log_path, self.startup_timeout_s, self.parallel = Path(log_path), startup_timeout_s, parallel
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    def command(self) -> list[str]:
+        """The server's command line, listening on 127.0.0.1:self.port."""
+        raise NotImplementedError
+
+    def log_tail(self, n: int = 3000) -> str:
+        """The end of the server's log, for error messages."""
+        try:
+            return f"end of {self.log_path}:\n" + self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return f"no log at {self.log_path}"
+
+    def start(self) -> ServerProcess:
+        if self.proc is not None:
+            return self
+        self.port = _free_port()
+        args = self.command()
+        watchdog = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid", str(os.getpid())]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
+            log.flush()
+            out = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
+            self.proc = subprocess.Popen([*watchdog, "--", *args], **out, start_new_session=True)  # type: ignore[call-overload]
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
+                raise ModelError(f"{self.name} exited with code {code} while starting; {self.log_tail()}")
+            try:  # llama-server answers 503 while the model loads, 200 once it answers
+                with urllib.request.urlopen(self.root_url + self.ready_path, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ModelError(
+                    f"{self.name} not ready after {self.startup_timeout_s:g} s; {self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Terminate the server's process group (the watchdog, the server and any workers it started), then kill
+        what lingers. Safe to call twice."""
+        proc, self.proc = self.proc, None
+        atexit.unregister(self.stop)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait_s)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalServer(ServerProcess):
+    """llama.cpp's own OpenAI-compatible server (llama-server). `parallel` slots answer that many requests at once
+    (continuous batching); each slot keeps its last prompt's KV cache, so a request sharing a prefix with an earlier
+    one skips that part."""
+
+    name = "llama.cpp server"
+    ready_path = "/health"
 
     def __init__(
         self,
@@ -404,21 +493,11 @@ class LocalServer:
         startup_timeout_s: float = 180.0,
         parallel: int = 1,
     ):
+        log = log_path or model_dir().parent / "logs" / f"llama_server.{alias}.log"
+        super().__init__(log, startup_timeout_s, max(1, min(parallel, MAX_SLOTS)))
         self.model_path, self.alias, self.n_ctx = Path(model_path), alias, n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
-        self.lora_path, self.startup_timeout_s = lora_path, startup_timeout_s
-        self.parallel = max(1, min(parallel, MAX_SLOTS))
-        self.log_path = Path(log_path or model_dir().parent / "logs" / f"llama_server.{alias}.log")
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root_url}/v1"
+        self.lora_path = lora_path
 
     def server_args(self) -> list[str]:
         """llama-server's command line after the binary: every slot gets n_ctx tokens of context."""
@@ -428,68 +507,8 @@ class LocalServer:
         args += ["--cache-ram", "512"]  # the host-memory prompt cache (MiB): 8 GiB by default, too much here
         return args + (["--lora", str(self.lora_path)] if self.lora_path else [])
 
-    def log_tail(self, n: int = 3000) -> str:
-        """The end of the server's log, for error messages."""
-        try:
-            return f"end of {self.log_path}:\n" + self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return f"no log at {self.log_path}"
-
-    def start(self) -> LocalServer:
-        if self.proc is not None:
-            return self
-        binary = server_binary()
-        self.port = _free_port()
-        args = [str(binary), *self.server_args()]
-        # llama-server ARGS, behind a watchdog that ends it when this process dies
-        watchdog = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid", str(os.getpid())]
-        cmd = [*watchdog, "--", *args]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n==== {time.strftime('%F %T')} {' '.join(args)}\n".encode())
-            log.flush()
-            out = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
-            self.proc = subprocess.Popen(cmd, **out, start_new_session=True)  # type: ignore[call-overload]
-        atexit.register(self.stop)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                raise ModelError(
-                    f"llama.cpp server exited with code {code} while starting; {self.log_tail()}"
-                )
-            try:  # 503 while the model loads, 200 once it answers
-                with urllib.request.urlopen(f"{self.root_url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ModelError(
-                    f"llama.cpp server not ready after {self.startup_timeout_s:g} s; {self.log_tail()}"
-                )
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Terminate the server (then kill it if it lingers). Safe to call twice."""
-        proc, self.proc = self.proc, None
-        atexit.unregister(self.stop)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    def __enter__(self) -> LocalServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [str(server_binary()), *self.server_args()]
 
 
 def _die_with_parent() -> None:

@@ -10,18 +10,13 @@ about ten times faster than transformers. On a GPU box the adapter is served by 
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +27,7 @@ from mathscale_utils.config import LLMConfig
 from mathscale_utils.finetune import alpaca_prompt, split_rows, train_file
 from mathscale_utils.io import read_jsonl, write_jsonl
 from mathscale_utils.llm import LLM
-from mathscale_utils.models import REGISTRY, LocalServer, base_path, ensure_model
+from mathscale_utils.models import REGISTRY, LocalServer, ServerProcess, base_path, ensure_model
 from mathscale_utils.params import Params
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -175,56 +170,18 @@ def _student_server(P: Params, mode: str):
     return CommandServer([*P.evaluate.vllm_command, *args], log, P.evaluate.server_startup_s)
 
 
-class CommandServer:
-    """An OpenAI-compatible server started as `command --host 127.0.0.1 --port N` (vLLM's form), ready when
-    /v1/models answers, logging to a file, stopped (and killed if it lingers) on stop() or when we exit."""
+class CommandServer(ServerProcess):
+    """A server started as `command --host 127.0.0.1 --port N` (vLLM's form), ready when /v1/models answers."""
 
+    name = "student server"
     parallel = 64  # requests in flight: vLLM batches what it is sent
 
     def __init__(self, command: list[str], log_path: Path, startup_s: float):
-        self.command, self.log_path, self.startup_s = command, Path(log_path), startup_s
-        self.port, self.proc = 0, None
+        super().__init__(log_path, startup_s, CommandServer.parallel)
+        self.base_command = command
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> CommandServer:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        cmd = [*self.command, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
-        atexit.register(self.stop)
-        deadline = time.monotonic() + self.startup_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{cmd[0]} exited with code {self.proc.returncode} while starting; see {self.log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{cmd[0]} not ready after {self.startup_s:g} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        atexit.unregister(self.stop)
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    def command(self) -> list[str]:
+        return [*self.base_command, "--host", "127.0.0.1", "--port", str(self.port)]
 
 
 def answer_request(question: str, fmt: str, max_tokens: int) -> ChatRequest:
