@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,3 +315,37 @@ def test_stage_05_starts_and_stops_a_vllm_server_for_the_student(tmp_path, monke
     assert rows[0]["model"].startswith("org/base-7b+lora:") and rows[0]["model"].endswith("@vllm")
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass  # stopped after the stage
+
+
+def test_a_killed_chain_takes_its_vllm_server_with_it(tmp_path):
+    """The student's server runs behind the same watchdog as llama.cpp's: kill -9 the process that started it and
+    the server's port closes (no orphaned vLLM holding a GPU)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    shim = Path(__file__).resolve().parent / "vllm_shim.py"
+    code = (
+        "from mathscale_utils.serve import CommandServer; import time\n"
+        f"s = CommandServer([{sys.executable!r}, {str(shim)!r}], {str(tmp_path / 'log')!r}, 60).start()\n"
+        "print(s.port, flush=True); time.sleep(300)\n"
+    )
+    env = {**os.environ, "VLLM_SHIM_ARGS": str(tmp_path / "argv.json")}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(parent.stdout.readline())
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # serving
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.2)
+            except OSError:
+                break
+        else:
+            pytest.fail(f"the server on port {port} outlived the process that started it")
+    finally:
+        parent.kill()

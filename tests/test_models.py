@@ -289,7 +289,7 @@ def test_watchdog_exits_as_the_server_exited():
     )
     watchdog = subprocess.Popen([*WATCHDOG, str(os.getpid()), "--", "sleep", "300"])
     server = _child(watchdog.pid)
-    watchdog.terminate()  # what LocalServer.stop() does: passed on to the server
+    watchdog.terminate()  # passed on to the server (stop() signals the whole group, watchdog included)
     assert watchdog.wait(10) == -signal.SIGTERM and _wait(lambda: _gone(server))
 
 
