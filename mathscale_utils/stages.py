@@ -234,7 +234,8 @@ def evaluate(P: Params, log: Log = print) -> dict:
     records, warnings = mwpbench.select_records(cfg, P.data_dir, P.seed)
     for w in warnings:
         log(f"warning: {w}")
-    kind = request_kind(P, student_id(P) is not None and cfg.use_adapter)
+    student = student_id(P) if cfg.use_adapter else None  # the trained student behind the answers, if any
+    kind = request_kind(P, student is not None)
     with serving(P) as (llm_cfg, why), LLM.for_stage(P, stage("05").label, llm_cfg) as llm:
         log(f"model: {llm.model_id} ({why}; {kind} requests)")
         rows = mwpbench.run_eval(records, llm, cfg, run.predictions, kind=kind)
@@ -248,9 +249,9 @@ def evaluate(P: Params, log: Log = print) -> dict:
     except DataError:
         fresh = []
     answer_review.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
-    out = mwpbench.write_metrics(
-        run, metrics, cfg, llm_cfg.model, llm_cfg.lora_path, why, warnings, usage, requests=counts
-    )
+    adapter = llm_cfg.lora_path or (str(run.adapter) if student else None)
+    out = mwpbench.write_metrics(run, metrics, cfg, llm_cfg.model, adapter, why, warnings, usage, requests=counts,
+                                 identity=llm_cfg.identity)  # fmt: skip
     log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
         f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
     check_requests(P, "05", counts, next((r["error"] for r in rows if r["error"]), None), log)
