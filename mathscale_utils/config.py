@@ -300,7 +300,7 @@ class FinetuneConfig(BaseModel):
     GPU (QLoRA), full_recipe() the paper's own full fine-tuning on several GPUs (FSDP).
 
     An optimizer step sees per_device_batch x grad_accum x num_processes examples (`effective_batch`), with or
-    without packing. launcher "accelerate" trains in `accelerate launch` subprocesses (finetune.launch)."""
+    without packing. launcher "accelerate" trains in `accelerate launch` subprocesses (launch.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils import finetune as ft
+from mathscale_utils import launch
 from mathscale_utils.io import read_json, read_jsonl, write_jsonl
 
 SMALL = "smollm2-135m-instruct"
@@ -166,18 +167,18 @@ def test_accelerate_command_and_rank_environment(tmp_path, monkeypatch):
     from mathscale_utils.params import ROOT
 
     cfg = ft.FinetuneConfig(launcher="accelerate", num_processes=2)
-    cmd = ft.accelerate_command(cfg, tmp_path / "c.json", tmp_path, resume=False)
+    cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path, resume=False)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "0"
     assert cmd[-6:] == ["-m", "mathscale_utils.finetune", str(tmp_path / "c.json"), "--run-dir", str(tmp_path),
                         "--no-resume"]  # fmt: skip
     cfg = cfg.model_copy(update={"accelerate_config": "configs/accelerate/cpu_ddp_2proc.yaml"})
-    cmd = ft.accelerate_command(cfg, tmp_path / "c.json", tmp_path)
+    cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path)
     assert cmd[cmd.index("--config_file") + 1] == str(ROOT / "configs/accelerate/cpu_ddp_2proc.yaml")
     assert "--multi_gpu" not in cmd and cmd[-1] == str(tmp_path)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    env = ft.launch_env(cfg)
+    env = launch.launch_env(cfg)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"] and env["HF_HUB_OFFLINE"] == "1"
     if not __import__("torch").cuda.is_available():
         assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
@@ -372,7 +373,7 @@ def test_a_failed_launch_raises_with_the_end_of_its_log(tmp_path):
     cfg = _cfg(base_model=str(tmp_path / "no-such-model"), launcher="accelerate")
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="accelerate launch failed") as e:
-        ft.launch(cfg, tmp_path, log=lines.append)
+        launch.launch(cfg, tmp_path, log=lines.append)
     assert "no-such-model" in str(e.value) and any("no-such-model" in line for line in lines)
     assert (tmp_path / "finetune" / "launch.log").read_text().startswith(sys.executable)
 
