@@ -318,9 +318,42 @@ def train(
     With resume, a run killed mid-way continues from its last checkpoint in run_dir/finetune/checkpoints (when the
     config and data are unchanged; otherwise it starts over). callbacks: extra TrainerCallbacks (live_loss_plot);
     log: where a launch's output lines go."""
+    if resume and (card := finished_card(cfg, RunDir(run_dir))):
+        log(
+            f"training already finished ({card['steps']} steps, same config and data): {RunDir(run_dir).adapter} kept"
+        )
+        return card
     if cfg.launcher == "accelerate":
         return launch(cfg, run_dir, resume=resume, callbacks=callbacks, log=log)
     return train_here(cfg, run_dir, resume=resume, callbacks=callbacks)
+
+
+def finished_card(cfg: FinetuneConfig, run: RunDir) -> dict | None:
+    """The saved card when a run with this very config and data already trained to its last step, else None.
+
+    Resuming from the final checkpoint would make transformers' Trainer take one step more (it checks the step budget
+    only after a step), so a re-run of a finished run would train again and change the student."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not (run.training_card.exists() and run.checkpoints.is_dir()):
+        return None
+    card = read_json(run.training_card)
+    ckpt = get_last_checkpoint(str(run.checkpoints))
+    state_file = Path(ckpt or "", "trainer_state.json")
+    if not ckpt or not state_file.exists():
+        return None
+    state = read_json(state_file)
+    loose = {"save_steps", "save_total_limit", "max_new_tokens"}  # settings that do not change the weights
+    hp = json.loads(json.dumps(cfg.model_dump(exclude=loose)))
+    same = (
+        {k: v for k, v in (card.get("hyperparameters") or {}).items() if k not in loose} == hp
+        and card.get("data_sha256") == sha256_file(train_file(cfg, run.root))
+        and card.get("steps") == state.get("global_step")
+        and run.resume_key.exists()
+    )
+    done = state.get("global_step", 0) >= state.get("max_steps", float("inf"))
+    weights = any(run.adapter.glob("*.safetensors"))
+    return card if same and done and weights else None
 
 
 def train_here(

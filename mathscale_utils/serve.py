@@ -72,10 +72,12 @@ def convert_adapter_to_gguf(adapter_dir: str | Path, base_model: str, out: str |
             f"{script} missing; run once: python -m mathscale_utils.serve setup-converter"
         )
     out = Path(out) if out else Path(adapter_dir) / "adapter.gguf"
-    args = ["--base", base_path(base_model), "--outfile", str(out), "--outtype", "f32", str(adapter_dir)]
+    part = out.with_name(out.name + ".part")  # renamed when whole: an adapter.gguf that exists is complete
+    args = ["--base", base_path(base_model), "--outfile", str(part), "--outtype", "f32", str(adapter_dir)]
     res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
-    if res.returncode != 0 or not out.exists():
+    if res.returncode != 0 or not part.exists():
         raise RuntimeError(f"convert_lora_to_gguf.py failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    part.replace(out)
     return out
 
 

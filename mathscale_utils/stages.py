@@ -211,7 +211,8 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
         f"loss {card['initial_loss']} -> {card['final_loss']} in {card['steps']} steps, {card['wall_time_s']} s"
     )
     if cfg.method != "full" and can_convert(cfg.base_model):  # a fully fine-tuned model has no adapter
-        convert_adapter_to_gguf(run.adapter, cfg.base_model)
+        if not run.adapter_gguf.exists():  # training removes it, so one that exists belongs to this adapter
+            convert_adapter_to_gguf(run.adapter, cfg.base_model)
         rows = compare(P)
         log(f"{run.adapter_gguf.name} written; {len(rows)} held-out questions answered before and after")
         errors = [e for r in rows for e in r["errors"]]

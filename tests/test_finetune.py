@@ -278,6 +278,26 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 
 
 @needs_model
+def test_a_finished_run_is_not_trained_again(trained, tmp_path):
+    """A re-run of the chain finds the training done and keeps the student as it is (transformers' Trainer, resumed
+    from its final checkpoint, would take one step more); a larger step budget continues from that checkpoint."""
+    cfg, run_dir, card = trained
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    weights = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    log = read_jsonl(run / "finetune" / "loss.jsonl")
+    lines: list[str] = []
+    again = ft.train(cfg, run, log=lines.append)
+    assert again == read_json(run_dir / "adapter" / "training_card.json") and again["steps"] == 6
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert read_jsonl(run / "finetune" / "loss.jsonl") == log
+    assert lines and "already finished (6 steps" in lines[0]
+    more = ft.train(cfg.model_copy(update={"max_steps": 7}), run)
+    assert Path(more["resumed_from"]).name == "checkpoint-6" and more["steps"] == 7
+    assert [r["step"] for r in read_jsonl(run / "finetune" / "loss.jsonl")] == list(range(1, 8))
+
+
+@needs_model
 def test_changed_config_starts_over(trained, tmp_path):
     cfg, run_dir, _ = trained
     shutil.copytree(run_dir, tmp_path / "run")
