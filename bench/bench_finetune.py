@@ -1,8 +1,11 @@
 """Benchmark: LoRA fine-tuning speed on CPU (fp32, r=16, all linear layers, batch 4) for the embedded students.
 
 Each model trains a few real steps through `finetune.train` in its own process (so peak RSS is per model), on
-GSM8K train questions in the Alpaca format (solutions rewritten to end in "The answer is N"), or on synthetic
+GSM8K train questions in the chat format (solutions rewritten to end in "The answer is N"), or on synthetic
 arithmetic when the shared data folder is absent. Step time is the median of the logged steps after the first.
+Each model trains twice, side by side: with the logits of predicted positions only (`response`: what
+finetune.train does, see finetune.ResponseLogits) and with every position's logits and the model's own loss (`full`:
+the former way); the losses must agree.
 
     .venv/bin/python bench/bench_finetune.py [--models smollm2-135m-instruct qwen2.5-coder-0.5b-instruct] [--steps 4]
 
@@ -51,14 +54,19 @@ def bench_rows(n: int = 64) -> tuple[list[dict], str]:
 
 CHILD = """
 import json, sys
+import mathscale_utils.finetune as ft
 from mathscale_utils.finetune import FinetuneConfig, train
+if sys.argv[3] == "full":  # the former way: every position's logits, the model's own loss
+    make = ft.make_collator
+    ft.make_collator = lambda cfg, pad_id: make(cfg, pad_id).collate
+    ft.response_loss = None
 cfg = FinetuneConfig(**json.loads(sys.argv[1]))
 card = train(cfg, sys.argv[2], resume=False)
 print(json.dumps({k: card[k] for k in ("steps", "wall_time_s", "tokens_seen", "tokens_per_s", "peak_memory_gib")}))
 """
 
 
-def run_one(model: str, steps: int, rows: list[dict]) -> dict:
+def run_one(model: str, steps: int, rows: list[dict], logits: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         write_jsonl(Path(tmp) / "mathscaleqa.jsonl", rows)
         cfg = {
@@ -71,7 +79,10 @@ def run_one(model: str, steps: int, rows: list[dict]) -> dict:
         }
         t0 = time.time()
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(cfg), tmp], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-c", CHILD, json.dumps(cfg), tmp, logits],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{model}: training failed\n{proc.stderr[-3000:]}")
@@ -81,7 +92,7 @@ def run_one(model: str, steps: int, rows: list[dict]) -> dict:
     dtok = [b["tokens"] - a["tokens"] for a, b in zip(log, log[1:], strict=False)]
     step_s = statistics.median(dts) if dts else card["wall_time_s"] / max(card["steps"], 1)
     return {
-        "model": model, "steps": card["steps"], "s_per_step": round(step_s, 2), "steps_per_s": round(1 / step_s, 4),
+        "model": model, "logits": logits, "steps": card["steps"], "s_per_step": round(step_s, 2), "steps_per_s": round(1 / step_s, 4),
         "tokens_per_step": round(statistics.mean(dtok), 1) if dtok else None,
         "tokens_per_s": round(sum(dtok) / sum(dts), 1) if dts else card["tokens_per_s"],
         "peak_rss_gib": card["peak_memory_gib"], "process_wall_s": round(time.time() - t0, 1),
@@ -95,8 +106,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     a = ap.parse_args()
     rows, source = bench_rows()
-    results = [run_one(m, a.steps, rows) for m in a.models]
+    results = [run_one(m, a.steps, rows, logits) for m in a.models for logits in ("response", "full")]
+    pairs = {m: [r for r in results if r["model"] == m] for m in a.models}
+    agree = {m: all(abs(x - y) <= 1e-3 * max(abs(y), 1) for x, y in zip(r["losses"], f["losses"], strict=True))
+             for m, (r, f) in pairs.items()}  # fmt: skip
+    speedup = {m: round(f["s_per_step"] / r["s_per_step"], 3) for m, (r, f) in pairs.items()}
     out = {
+        "losses_agree": agree, "speedup_response_over_full": speedup,
         "what": "fp32 LoRA r=16 all-linear, batch 4 (no accumulation), max_length 512, adamw_torch, CPU, chat format",
         "data": source, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(), "results": results,
@@ -104,11 +120,12 @@ def main() -> None:
     path = ROOT / "bench" / "results" / "finetune.json"
     old = read_json(path) if path.exists() else None
     write_json(path, out)
-    print(f"{'model':32s} {'s/step':>7s} {'tok/step':>9s} {'tok/s':>7s} {'peak RSS GiB':>13s}")
+    print(f"{'model':32s} {'logits':>8s} {'s/step':>7s} {'tok/step':>9s} {'tok/s':>7s} {'peak RSS GiB':>13s}")
     for r in results:
         print(
-            f"{r['model']:32s} {r['s_per_step']:7.2f} {r['tokens_per_step'] or 0:9.1f} {r['tokens_per_s']:7.1f} {r['peak_rss_gib']:13.2f}"
+            f"{r['model']:32s} {r['logits']:>8s} {r['s_per_step']:7.2f} {r['tokens_per_step'] or 0:9.1f} {r['tokens_per_s']:7.1f} {r['peak_rss_gib']:13.2f}"
         )
+    print(f"speed-up of response-only logits: {speedup}; losses agree: {agree}")
     print(f"wrote {path}" + (" (replacing the previous results)" if old else ""))
 
 

@@ -211,7 +211,10 @@ def test_packing_keeps_examples_apart_and_a_batch_counts_examples(tmp_path):
     assert [int((b["labels"] == tok.eos_token_id).sum()) for b in batches] == [3, 3]  # one EOS per example
     model.eval()
 
-    def summed(**batch) -> float:  # total loss over the predicted tokens, as the Trainer calls the model
+    def summed(
+        **batch,
+    ) -> float:  # total loss over the predicted tokens, by the model's own (full-logits) loss
+        batch.pop("logits_to_keep", None)
         with torch.no_grad():
             loss = model(**batch).loss.item()
         return loss * int((batch["labels"][:, 1:] != -100).sum())
@@ -225,6 +228,36 @@ def test_packing_keeps_examples_apart_and_a_batch_counts_examples(tmp_path):
     assert len(starts) == 4 and summed(**b) == pytest.approx(alone, rel=1e-4)
     naive = summed(input_ids=b["input_ids"], labels=b["labels"])
     assert abs(naive - alone) > 0.01 * alone
+
+
+@needs_model
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_loss_from_response_logits_is_the_full_loss(packing):
+    """The Trainer's loss (response_loss over the logits of predicted positions only) equals the model's own loss
+    over every position's logits, for a padded batch and a packed one, and the prompt positions are skipped."""
+    import torch
+
+    cfg = _cfg(packing=packing, per_device_batch=2, grad_accum=1)
+    model, tok = ft.prepare_model(cfg)
+    rows = [*ROWS, {"question": "What is 12 divided by 4?", "solution": "12 / 4 = 3. The answer is 3"}]
+    examples = [ft.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows[-2:]]
+    batch = ft.make_collator(cfg, tok.pad_token_id)(
+        [{k: e[k] for k in ("input_ids", "labels")} for e in examples]
+    )
+    keep = batch["logits_to_keep"]
+    n_prompt = min(sum(x == -100 for x in e["labels"]) for e in examples)
+    assert len(keep) <= batch["input_ids"].shape[1] - n_prompt < batch["input_ids"].shape[1] - 1
+    n = (batch["labels"][:, 1:] != -100).sum()
+    model.eval()
+    with torch.no_grad():
+        full = model(**{k: v for k, v in batch.items() if k != "logits_to_keep"}, num_items_in_batch=n).loss
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        assert out.logits.shape[1] == len(keep)
+        assert ft.response_loss(out, batch["labels"], n).item() == pytest.approx(full.item(), rel=1e-5)
+        mean = ft.response_loss(
+            out, batch["labels"]
+        ).item()  # without the accumulated count: this batch's mean
+        assert mean == pytest.approx(full.item(), rel=1e-5)
 
 
 # ---- real training on the 135M model -------------------------------------------------------------------------------
