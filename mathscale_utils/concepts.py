@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,12 @@ class Extraction:
 
 def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extraction]:
     """Extract concepts for every seed: one batch of calls, then one corrective retry for malformed replies."""
+    return extract_sets([records], llm, cfg)[0]
+
+
+def extract_sets(sets: list[list[Record]], llm: LLM, cfg: ExtractConfig) -> list[list[Extraction]]:
+    """extract() for several sets of questions (the seeds, the coverage sample) in ONE batch of calls, so that the
+    server's slots stay busy from one set to the next; case variants are merged within each set."""
 
     def parse(res: ChatResult, first: ChatResult | None) -> tuple[list[str], list[str]]:
         try:
@@ -130,6 +137,7 @@ def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extract
     def fix(req: ChatRequest, res: ChatResult, problem: str) -> ChatRequest:
         return retry_request(req, res.text, problem, cfg)
 
+    records = [r for group in sets for r in group]
     requests = [build_request(r.question, cfg) for r in records]
     out = []
     for r, a in zip(records, ask_validated(llm, requests, parse, fix, desc="extract concepts"), strict=True):
@@ -142,9 +150,11 @@ def extract(records: list[Record], llm: LLM, cfg: ExtractConfig) -> list[Extract
         else:
             ex.error = a.problem
         out.append(ex)
-    if cfg.case_fold:
-        merge_case_variants(out)
-    return out
+    bounds = [0, *accumulate(len(g) for g in sets)]
+    groups = [out[a:b] for a, b in pairwise(bounds)]
+    for group in groups if cfg.case_fold else []:
+        merge_case_variants(group)
+    return groups
 
 
 def merge_case_variants(extractions: list[Extraction]) -> None:

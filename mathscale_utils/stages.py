@@ -103,8 +103,7 @@ def extract(P: Params, log: Log = print) -> dict:
         log(f"warning: {w}")
     test = _coverage_sample(P, log)
     with LLM.for_stage(P, stage("01").label) as llm:
-        extractions = concepts.extract(seeds, llm, cfg)
-        test_extractions = concepts.extract(test, llm, cfg) if test else []
+        extractions, test_extractions = concepts.extract_sets([seeds, test], llm, cfg)
         usage = llm.usage()
     if test:
         write_jsonl(run.test_concepts, concepts.to_rows(test_extractions, min_count=1))

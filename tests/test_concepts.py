@@ -1,5 +1,7 @@
 """Concept extraction: reply parsing, normalisation and the paper's frequency filter."""
 
+import json
+
 import pytest
 
 from mathscale_utils.artifacts import Record
@@ -118,3 +120,33 @@ def test_frequency_filter_drops_concepts_seen_once():
 def test_min_count_one_keeps_everything():
     exs = [_ex(1, ["A"], ["k1"]), _ex(2, ["B"], ["k2"])]
     assert [r["knowledge_points"] for r in to_rows(exs, 1)] == [["k1"], ["k2"]]
+
+
+def test_extract_sets_asks_once_and_merges_case_within_each_set(fake_openai, tmp_path):
+    """The seeds and the coverage sample go out as one batch (the slots stay busy between them); a concept's case
+    variants are merged within a set, never across sets (a test question must not rename a seed's concept)."""
+    from mathscale_utils.concepts import extract_sets
+    from mathscale_utils.config import LLMConfig
+    from mathscale_utils.llm import LLM
+
+    def answer(body: dict) -> str:
+        q = body["messages"][-1]["content"].rsplit("\n", 1)[-1]
+        topic = "algebra" if q in ("seed 2", "test 0") else "Algebra"
+        return json.dumps({"topics": [topic], "knowledge_points": [f"KP of {q}"]})
+
+    fake_openai.answer = answer
+    seeds = [Record(f"s{i}", "custom", "custom", f"seed {i}", None) for i in range(3)]
+    test = [Record(f"t{i}", "custom", "custom", f"test {i}", None) for i in range(2)]
+    cfg = LLMConfig(model="fake", base_url=fake_openai.base_url, concurrency=8, retry_initial_s=0.01)
+    with LLM(cfg, tmp_path, "t", progress=False) as llm:
+        got_seeds, got_test = extract_sets([seeds, test], llm, ExtractConfig(case_fold=True))
+    assert [e.record.id for e in got_seeds] == ["s0", "s1", "s2"] and [e.record.id for e in got_test] == [
+        "t0",
+        "t1",
+    ]
+    assert [e.topics for e in got_seeds] == [["Algebra"]] * 3  # 2 x "Algebra" beat 1 x "algebra"
+    assert [e.topics for e in got_test] == [
+        ["algebra"]
+    ] * 2  # 1 : 1, the first seen wins, within the test set
+    assert [e.knowledge_points for e in got_test] == [["KP of test 0"], ["KP of test 1"]]
+    assert sum(fake_openai.received.values()) == 5
