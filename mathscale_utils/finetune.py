@@ -513,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
 # ---- watching it train ------------------------------------------------------------------------------------
 
 
+SMOOTH = 4  # steps in plot_loss's running mean
+
+
 def plot_loss(run_dir: str | Path, ax=None):
     """The training loss per optimizer step from run_dir/finetune/loss.jsonl (the last row of a step wins)."""
     import matplotlib.pyplot as plt
@@ -521,7 +524,15 @@ def plot_loss(run_dir: str | Path, ax=None):
     rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
     steps = {r["step"]: r["loss"] for r in rows}
     ax = ax or plt.subplots(figsize=(6, 3))[1]
-    ax.plot(list(steps), list(steps.values()), marker=".")
+    ax.plot(list(steps), list(steps.values()), marker=".", label="per step")
+    if len(steps) >= 2 * SMOOTH:  # a few examples per step make a noisy curve: show its trend too
+        x, y = list(steps), list(steps.values())
+        mean = [
+            sum(y[max(0, i - SMOOTH + 1) : i + 1]) / len(y[max(0, i - SMOOTH + 1) : i + 1])
+            for i in range(len(y))
+        ]
+        ax.plot(x, mean, color="C1", label=f"mean of the last {SMOOTH} steps")
+        ax.legend(fontsize="small")
     ax.set(
         xlabel="optimizer step", ylabel="loss (response tokens)", title=f"training loss, {len(steps)} steps"
     )
