@@ -369,28 +369,19 @@ def finished_card(cfg: FinetuneConfig, run: RunDir) -> dict | None:
     """The saved card when a run with this very config and data already trained to its last step, else None.
 
     Resuming from the final checkpoint would make transformers' Trainer take one step more (it checks the step budget
-    only after a step), so a re-run of a finished run would train again and change the student."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not (run.training_card.exists() and run.checkpoints.is_dir()):
+    only after a step), so a re-run of a finished run would train again and change the student. The checkpoint must
+    match the resume key (_checkpoint), and the card the step budget (which the key leaves out so it can grow)."""
+    if not run.training_card.exists():
         return None
-    card = read_json(run.training_card)
-    ckpt = get_last_checkpoint(str(run.checkpoints))
+    ckpt = _checkpoint(cfg, run, _resume_key(cfg, sha256_file(train_file(cfg, run.root))), resume=True)
     state_file = Path(ckpt or "", "trainer_state.json")
-    if not ckpt or not state_file.exists():
+    if not state_file.is_file():
         return None
-    state = read_json(state_file)
-    loose = {"save_steps", "save_total_limit", "max_new_tokens"}  # settings that do not change the weights
-    hp = json.loads(json.dumps(cfg.model_dump(exclude=loose)))
-    same = (
-        {k: v for k, v in (card.get("hyperparameters") or {}).items() if k not in loose} == hp
-        and card.get("data_sha256") == sha256_file(train_file(cfg, run.root))
-        and card.get("steps") == state.get("global_step")
-        and run.resume_key.exists()
-    )
-    done = state.get("global_step", 0) >= state.get("max_steps", float("inf"))
-    weights = any(run.adapter.glob("*.safetensors"))
-    return card if same and done and weights else None
+    state, card = read_json(state_file), read_json(run.training_card)
+    hp = card.get("hyperparameters") or {}
+    same_budget = all(hp.get(k) == getattr(cfg, k) for k in ("epochs", "max_steps"))
+    done = card.get("steps") == state.get("global_step", -1) >= state.get("max_steps", float("inf"))
+    return card if same_budget and done and any(run.adapter.glob("*.safetensors")) else None
 
 
 def train_here(
@@ -519,19 +510,17 @@ SMOOTH = 4  # steps in plot_loss's running mean
 def plot_loss(run_dir: str | Path, ax=None):
     """The training loss per optimizer step from run_dir/finetune/loss.jsonl (the last row of a step wins)."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     path = RunDir(run_dir).loss
     rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
     steps = {r["step"]: r["loss"] for r in rows}
     ax = ax or plt.subplots(figsize=(6, 3))[1]
-    ax.plot(list(steps), list(steps.values()), marker=".", label="per step")
-    if len(steps) >= 2 * SMOOTH:  # a few examples per step make a noisy curve: show its trend too
-        x, y = list(steps), list(steps.values())
-        mean = [
-            sum(y[max(0, i - SMOOTH + 1) : i + 1]) / len(y[max(0, i - SMOOTH + 1) : i + 1])
-            for i in range(len(y))
-        ]
-        ax.plot(x, mean, color="C1", label=f"mean of the last {SMOOTH} steps")
+    loss = pd.Series(steps, dtype=float)
+    ax.plot(loss.index, loss.values, marker=".", label="per step")
+    if len(loss) >= 2 * SMOOTH:  # a few examples per step make a noisy curve: show its trend too
+        trend = loss.rolling(SMOOTH, min_periods=1).mean()
+        ax.plot(trend.index, trend.values, color="C1", label=f"mean of the last {SMOOTH} steps")
         ax.legend(fontsize="small")
     ax.set(
         xlabel="optimizer step", ylabel="loss (response tokens)", title=f"training loss, {len(steps)} steps"
