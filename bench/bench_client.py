@@ -1,4 +1,4 @@
-"""Client throughput of mathscale_utils.llm.LLM next to bare aiohttp, side by side in one run (not part of the tests).
+"""Client throughput of mathscale_utils.inference.llm.LLM next to bare aiohttp, side by side in one run (not part of the tests).
 
 The shared harness (../shared/tools/throughput, or --tools) provides a loopback OpenAI-compatible server with a
 fixed latency and optional 429/500 faults, a bare-aiohttp client (the ceiling: no retries, no cache, no SDK) and
@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.chat import ChatRequest  # noqa: E402
-from mathscale_utils.config import LLMConfig  # noqa: E402
-from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.llm import LLM  # noqa: E402
+from mathscale_utils.core.config import LLMConfig  # noqa: E402
+from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.inference.chat import ChatRequest  # noqa: E402
+from mathscale_utils.inference.llm import LLM  # noqa: E402
 
 TOOLS = ROOT.parent / "shared" / "tools" / "throughput"
 

@@ -12,12 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mathscale_utils import concepts
-from mathscale_utils.chat import ChatRequest
-from mathscale_utils.config import LLMConfig, SeedsConfig
-from mathscale_utils.io import write_json
-from mathscale_utils.llm import LLM
-from mathscale_utils.seeds import load_seeds
+from mathscale_utils.core.config import LLMConfig, SeedsConfig
+from mathscale_utils.core.io import write_json
+from mathscale_utils.data.seeds import load_seeds
+from mathscale_utils.inference.chat import ChatRequest
+from mathscale_utils.inference.llm import LLM
+from mathscale_utils.method import concepts
 
 
 def main() -> None:

@@ -30,14 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.filters import (  # noqa: E402
+from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.method.filters import (  # noqa: E402
     Decontaminator,
     TestItem,
     load_test_questions,
     near_duplicates,
     normalize_text,
 )
-from mathscale_utils.io import write_json  # noqa: E402
 
 
 def _status_kib(field: str) -> int | None:

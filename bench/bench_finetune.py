@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
+from mathscale_utils.core.io import read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
 
 
 def bench_rows(n: int = 64) -> tuple[list[dict], str]:
@@ -54,8 +54,8 @@ def bench_rows(n: int = 64) -> tuple[list[dict], str]:
 
 CHILD = """
 import json, sys
-import mathscale_utils.finetune as ft
-from mathscale_utils.finetune import FinetuneConfig, train
+import mathscale_utils.training.finetune as ft
+from mathscale_utils.training.finetune import FinetuneConfig, train
 if sys.argv[3] == "full":  # the former way: every position's logits, the model's own loss
     make = ft.make_collator
     ft.make_collator = lambda cfg, pad_id: make(cfg, pad_id).collate

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
-from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.judges import _parse_gold, is_textual, strict_judge  # noqa: E402
-from mathscale_utils.paper_judge import _LAST_NUMBER, paper_judge  # noqa: E402
+from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.data.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
+from mathscale_utils.grading.judges import _parse_gold, is_textual, strict_judge  # noqa: E402
+from mathscale_utils.grading.paper_judge import _LAST_NUMBER, paper_judge  # noqa: E402
 
 RENDERINGS = {
     "answer_is": lambda g: f"The answer is {g}",
@@ -108,7 +108,7 @@ def categorise_strict(gold: str, rendering: str, v) -> str:
 
 
 def run(data_dir: Path, limit: int | None, skip_strict: bool) -> dict:
-    logging.getLogger("mathscale_utils.judges").setLevel(logging.ERROR)
+    logging.getLogger("mathscale_utils.grading.judges").setLevel(logging.ERROR)
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     recs = load_mwpbench("test", data_dir, datasets=list(MWPBENCH_DATASETS) + [FRESH_GAOKAO])
     if limit:

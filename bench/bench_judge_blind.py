@@ -64,7 +64,7 @@ def metrics(pairs: list[tuple[bool, bool]]) -> dict:
 
 
 def run_strict(rows: list[dict]) -> list[dict]:
-    from mathscale_utils.judges import strict_judge
+    from mathscale_utils.grading.judges import strict_judge
 
     out = []
     for r in rows:

@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.answer_review import disagreement_summary  # noqa: E402
-from mathscale_utils.answers import normalise, number_value  # noqa: E402
-from mathscale_utils.io import write_json  # noqa: E402
-from mathscale_utils.judges import _parse_gold, judge, strict_judge  # noqa: E402
-from mathscale_utils.paper_judge import paper_judge  # noqa: E402
+from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.evaluation.answer_review import disagreement_summary  # noqa: E402
+from mathscale_utils.grading.answers import normalise, number_value  # noqa: E402
+from mathscale_utils.grading.judges import _parse_gold, judge, strict_judge  # noqa: E402
+from mathscale_utils.grading.paper_judge import paper_judge  # noqa: E402
 
 SET = ROOT / "tests" / "data" / "judge_set.jsonl"
 
@@ -129,7 +129,7 @@ def reference_solutions(data_dir: Path, pairs: int, seed: int = 0) -> dict:
     """The judges on human-written text: every MATH and GSM8K test reference solution against its own gold (recall;
     MATH solutions often go on after the box), and ``pairs`` solutions against another item's different gold
     (false positives)."""
-    from mathscale_utils.benchmarks import read_gsm8k, read_math
+    from mathscale_utils.data.benchmarks import read_gsm8k, read_math
 
     items = [(r.solution, r.answer, "MATH") for r in read_math(data_dir, "test")]
     items += [(f"{r.solution}\n#### {r.answer}", r.answer, "gsm8k") for r in read_gsm8k(data_dir, "test")]

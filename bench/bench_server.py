@@ -37,15 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mathscale_utils import concepts  # noqa: E402
-from mathscale_utils.chat import ChatRequest, request_body  # noqa: E402
-from mathscale_utils.generate import build_prompt  # noqa: E402
-from mathscale_utils.io import read_json, write_json  # noqa: E402
-from mathscale_utils.models import LocalServer, ensure_model, llama_dir, server_binary  # noqa: E402
-from mathscale_utils.mwpbench import select_records  # noqa: E402
-from mathscale_utils.params import load_params  # noqa: E402
-from mathscale_utils.reply_format import parse_generation  # noqa: E402
-from mathscale_utils.seeds import load_seeds  # noqa: E402
-from mathscale_utils.templates import fill_template  # noqa: E402
+from mathscale_utils.core.io import read_json, write_json  # noqa: E402
+from mathscale_utils.core.params import load_params  # noqa: E402
+from mathscale_utils.core.templates import fill_template  # noqa: E402
+from mathscale_utils.data.seeds import load_seeds  # noqa: E402
+from mathscale_utils.evaluation.mwpbench import select_records  # noqa: E402
+from mathscale_utils.inference.chat import ChatRequest, request_body  # noqa: E402
+from mathscale_utils.inference.models import LocalServer, ensure_model, llama_dir, server_binary  # noqa: E402
+from mathscale_utils.method.generate import build_prompt  # noqa: E402
+from mathscale_utils.method.reply_format import parse_generation  # noqa: E402
 
 SHAPES = ("extract", "generate", "evaluate")
 NOCACHE_SHAPES = ("extract", "evaluate")  # cpp-nocache runs where prompts share a long prefix; generation is
@@ -139,7 +139,7 @@ class PythonServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> PythonServer:
-        from mathscale_utils.models import _free_port
+        from mathscale_utils.inference.models import _free_port
 
         self.port = _free_port()
         args = ["--model", str(self.model), "--model_alias", self.alias, "--host", "127.0.0.1", "--port"]
@@ -148,7 +148,7 @@ class PythonServer:
         watchdog = [
             sys.executable,
             "-m",
-            "mathscale_utils.models",
+            "mathscale_utils.inference.models",
             "serve",
             "--parent-pid",
             str(os.getpid()),

@@ -34,10 +34,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.compose import compose, write_compositions  # noqa: E402
-from mathscale_utils.config import ComposeConfig, GraphConfig  # noqa: E402
-from mathscale_utils.graph import build_graph, type_counts  # noqa: E402
-from mathscale_utils.io import write_json  # noqa: E402
+from mathscale_utils.core.config import ComposeConfig, GraphConfig  # noqa: E402
+from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.method.compose import compose, write_compositions  # noqa: E402
+from mathscale_utils.method.graph import build_graph, type_counts  # noqa: E402
 
 
 def _zipf_weights(n: int, s: float) -> np.ndarray:

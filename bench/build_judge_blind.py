@@ -1,6 +1,6 @@
 """Build a BLIND labelled set for the strict answer judge: tests/data/judge_blind.jsonl.
 
-Why: ``mathscale_utils.judges.strict_judge`` was built together with its own labelled set. This second set was written
+Why: ``mathscale_utils.grading.judges.strict_judge`` was built together with its own labelled set. This second set was written
 by someone who has not seen how the judge (or its set) works: the judge's module, its tests, its labelled set and its
 bench scripts were not opened while this file was written. The judge is treated as a black box.
 

@@ -53,7 +53,7 @@ from sympy.parsing.sympy_parser import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.benchmarks import read_gsm8k, read_math  # noqa: E402
+from mathscale_utils.data.benchmarks import read_gsm8k, read_math  # noqa: E402
 
 SEED = 15
 OUT = ROOT / "tests" / "data" / "judge_set.jsonl"

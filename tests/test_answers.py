@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from mathscale_utils import answers as A
+from mathscale_utils.grading import answers as A
 
 
 def test_boxes_all_forms_in_order():
@@ -165,7 +165,7 @@ def test_text_key_and_assignment():
 
 
 def test_plus_minus_is_two_values_and_a_bracketed_or_is_an_alternative():
-    from mathscale_utils.answers import answer_parts
+    from mathscale_utils.grading.answers import answer_parts
 
     assert answer_parts("1 \\pm \\sqrt{19}") == ["1 + \\sqrt{19}", "1 - \\sqrt{19}"]
     assert answer_parts("\\pm 4") == ["+ 4", "- 4"] and answer_parts("(1 \\pm 2, 3)") == ["(1 \\pm 2, 3)"]

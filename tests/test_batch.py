@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils import stages
-from mathscale_utils.batch import BatchBudgetError, BatchRunner
-from mathscale_utils.chat import ChatRequest, request_body
-from mathscale_utils.config import BatchConfig, LLMConfig
-from mathscale_utils.io import read_json
-from mathscale_utils.llm import LLM
-from mathscale_utils.params import load_params
+from mathscale_utils.core.config import BatchConfig, LLMConfig
+from mathscale_utils.core.io import read_json
+from mathscale_utils.core.params import load_params
+from mathscale_utils.inference.batch import BatchBudgetError, BatchRunner
+from mathscale_utils.inference.chat import ChatRequest, request_body
+from mathscale_utils.inference.llm import LLM
+from mathscale_utils.runs import stages
 
 from fake_batch import FakeBatchAPI
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chain import main, run_chain, sweep_params
-from mathscale_utils.io import read_json, read_jsonl
-from mathscale_utils.params import ROOT, load_params
+from mathscale_utils.core.io import read_json, read_jsonl
+from mathscale_utils.core.params import ROOT, load_params
+from mathscale_utils.runs.chain import main, run_chain, sweep_params
 
 from fake_openai import FakeOpenAI
 
@@ -126,7 +126,7 @@ def test_smoke_params_run_every_stage_with_the_embedded_model(tmp_path):
     params = tmp_path / "smoke.yaml"
     params.write_text(text + f"outputs_dir: {tmp_path / 'out'}\n")
     r = subprocess.run(
-        [sys.executable, "-m", "mathscale_utils.chain", str(params)],
+        [sys.executable, "-m", "mathscale_utils.runs.chain", str(params)],
         capture_output=True, text=True, cwd=ROOT, timeout=1800,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from mathscale_utils.compose import compose, drop_table, read_compositions, write_compositions
-from mathscale_utils.config import ComposeConfig
-from mathscale_utils.graph import build_graph, composition_path, kp_id, topic_id
-from mathscale_utils.io import read_json
+from mathscale_utils.core.config import ComposeConfig
+from mathscale_utils.core.io import read_json
+from mathscale_utils.method.compose import compose, drop_table, read_compositions, write_compositions
+from mathscale_utils.method.graph import build_graph, composition_path, kp_id, topic_id
 
 from concept_rows import row, synthetic_rows
 
@@ -285,7 +285,7 @@ def test_hybrid_and_kp_step_frequencies():
 
 def test_dedup_survives_hash_collisions(syn_graph, monkeypatch):
     # a hash that collides for every row must switch to exact keys and give the very same result
-    import mathscale_utils.compose as compose_mod
+    import mathscale_utils.method.compose as compose_mod
 
     cfg = ComposeConfig(epochs=20, chunk_walkers=150)
     expected = compose(syn_graph, cfg, seed=9).records()
@@ -294,7 +294,7 @@ def test_dedup_survives_hash_collisions(syn_graph, monkeypatch):
 
 
 def test_dedup_collision_across_chunks(monkeypatch):
-    import mathscale_utils.compose as compose_mod
+    import mathscale_utils.method.compose as compose_mod
 
     monkeypatch.setattr(compose_mod, "_hash_rows", lambda rows: np.full(rows.shape[0], 7, dtype=np.uint64))
     d = compose_mod._Dedup(2)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from mathscale_utils.artifacts import Record
-from mathscale_utils.concepts import (
+from mathscale_utils.core.artifacts import Record
+from mathscale_utils.core.config import ExtractConfig
+from mathscale_utils.method.concepts import (
     Extraction,
     build_request,
     frequency_table,
@@ -16,7 +17,6 @@ from mathscale_utils.concepts import (
     summary,
     to_rows,
 )
-from mathscale_utils.config import ExtractConfig
 
 CFG = ExtractConfig()
 
@@ -125,9 +125,9 @@ def test_min_count_one_keeps_everything():
 def test_extract_sets_asks_once_and_merges_case_within_each_set(fake_openai, tmp_path):
     """The seeds and the coverage sample go out as one batch (the slots stay busy between them); a concept's case
     variants are merged within a set, never across sets (a test question must not rename a seed's concept)."""
-    from mathscale_utils.concepts import extract_sets
-    from mathscale_utils.config import LLMConfig
-    from mathscale_utils.llm import LLM
+    from mathscale_utils.core.config import LLMConfig
+    from mathscale_utils.inference.llm import LLM
+    from mathscale_utils.method.concepts import extract_sets
 
     def answer(body: dict) -> str:
         q = body["messages"][-1]["content"].rsplit("\n", 1)[-1]

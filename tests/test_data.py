@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mathscale_utils.answers import find_boxed
-from mathscale_utils.artifacts import Record
-from mathscale_utils.benchmarks import (
+from mathscale_utils.core.artifacts import Record
+from mathscale_utils.core.config import SeedsConfig
+from mathscale_utils.core.io import DataError
+from mathscale_utils.data.benchmarks import (
     MC_FILTER_KEYWORDS,
     MWPBENCH_DATASETS,
     availability,
@@ -30,10 +31,9 @@ from mathscale_utils.benchmarks import (
     read_official,
     read_tal,
 )
-from mathscale_utils.config import SeedsConfig
-from mathscale_utils.io import DataError
-from mathscale_utils.mwpbench import cap_per_task, stratified_subset
-from mathscale_utils.seeds import load_seeds
+from mathscale_utils.data.seeds import load_seeds
+from mathscale_utils.evaluation.mwpbench import cap_per_task, stratified_subset
+from mathscale_utils.grading.answers import find_boxed
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MATHSCALE_DATA_DIR") or ROOT.parent / "shared" / "data")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.answer_review import disagreements, error_examples, write_fresh_gaokao_check
-from mathscale_utils.artifacts import Record
-from mathscale_utils.config import EvalConfig, LLMConfig
-from mathscale_utils.io import DataError
-from mathscale_utils.llm import LLM, model_id
-from mathscale_utils.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
-from mathscale_utils.templates import STOP_STRINGS, fill_template
+from mathscale_utils.core.artifacts import Record
+from mathscale_utils.core.config import EvalConfig, LLMConfig
+from mathscale_utils.core.io import DataError
+from mathscale_utils.core.templates import STOP_STRINGS, fill_template
+from mathscale_utils.evaluation.answer_review import disagreements, error_examples, write_fresh_gaokao_check
+from mathscale_utils.evaluation.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
+from mathscale_utils.inference.llm import LLM, model_id
 
 from fake_openai import fail_first, prompt_of
 
@@ -207,8 +207,8 @@ def test_rejudge_recomputes_verdicts(tmp_path):
 
 
 def test_which_model_stage_05_asks(tmp_path):
-    from mathscale_utils.params import parse_params
-    from mathscale_utils.serve import _student_server, request_kind, serving, student_id
+    from mathscale_utils.core.params import parse_params
+    from mathscale_utils.training.serve import _student_server, request_kind, serving, student_id
 
     def params(extra: str = ""):
         text = f"run_name: r\noutputs_dir: {tmp_path}\nllm: {{model: teacher, base_url: http://api.example/v1}}\n"
@@ -238,7 +238,7 @@ def test_which_model_stage_05_asks(tmp_path):
 
 
 def _model_missing() -> bool:
-    from mathscale_utils.models import ModelError, ensure_model
+    from mathscale_utils.inference.models import ModelError, ensure_model
 
     try:
         ensure_model("smollm2-135m-instruct")
@@ -250,9 +250,9 @@ def _model_missing() -> bool:
 def test_each_student_behind_one_endpoint_is_asked_afresh(tmp_path, fake_openai):
     """Evaluation through an endpoint keys its cache and prediction rows by the student (base, content hash of the
     trained weights, endpoint), not by the model name: a retrained student behind the same name is asked again."""
-    from mathscale_utils.llm import LLM
-    from mathscale_utils.params import parse_params
-    from mathscale_utils.serve import serving
+    from mathscale_utils.core.params import parse_params
+    from mathscale_utils.inference.llm import LLM
+    from mathscale_utils.training.serve import serving
 
     fake_openai.answer = lambda body: "The answer is 18."
     P = parse_params(
@@ -275,8 +275,8 @@ def test_each_student_behind_one_endpoint_is_asked_afresh(tmp_path, fake_openai)
 
 
 def test_a_base_model_student_gets_the_bare_alpaca_prompt_as_a_text_completion(tmp_path, fake_openai):
-    from mathscale_utils.config import LLMConfig
-    from mathscale_utils.llm import LLM
+    from mathscale_utils.core.config import LLMConfig
+    from mathscale_utils.inference.llm import LLM
 
     fake_openai.answer = lambda body: " The answer is 18."
     cfg = LLMConfig(model="student", base_url=fake_openai.base_url, identity="base+lora:1")
@@ -293,9 +293,9 @@ def test_stage_05_starts_and_stops_a_vllm_server_for_the_student(tmp_path, monke
     import socket
     import sys
 
-    from mathscale_utils.llm import LLM
-    from mathscale_utils.params import parse_params
-    from mathscale_utils.serve import request_kind, serving
+    from mathscale_utils.core.params import parse_params
+    from mathscale_utils.inference.llm import LLM
+    from mathscale_utils.training.serve import request_kind, serving
 
     shim = Path(__file__).resolve().parent / "vllm_shim.py"
     monkeypatch.setenv("VLLM_SHIM_ARGS", str(tmp_path / "argv.json"))
@@ -327,7 +327,7 @@ def test_a_killed_chain_takes_its_vllm_server_with_it(tmp_path):
 
     shim = Path(__file__).resolve().parent / "vllm_shim.py"
     code = (
-        "from mathscale_utils.serve import CommandServer; import time\n"
+        "from mathscale_utils.training.serve import CommandServer; import time\n"
         f"s = CommandServer([{sys.executable!r}, {str(shim)!r}], {str(tmp_path / 'log')!r}, 60).start()\n"
         "print(s.port, flush=True); time.sleep(300)\n"
     )

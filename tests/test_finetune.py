@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils import finetune as ft
-from mathscale_utils import launch
-from mathscale_utils.io import read_json, read_jsonl, write_jsonl
+from mathscale_utils.core.io import read_json, read_jsonl, write_jsonl
+from mathscale_utils.training import finetune as ft
+from mathscale_utils.training import launch
 
 SMALL = "smollm2-135m-instruct"
 ROWS = [  # a tiny repeated dataset: the loss must go down
@@ -25,7 +25,7 @@ ROWS = [  # a tiny repeated dataset: the loss must go down
 
 
 def _model_ready() -> str | None:
-    from mathscale_utils.models import ModelError, ensure_model
+    from mathscale_utils.inference.models import ModelError, ensure_model
 
     try:
         ensure_model(SMALL)
@@ -72,7 +72,7 @@ def test_alpaca_prompt_is_the_evaluation_template():
         "\n\n### Instruction:\nWhat is 1+1?\n\n### Response:"
     )
     try:
-        from mathscale_utils.templates import fill_template
+        from mathscale_utils.core.templates import fill_template
     except ImportError:
         return
     assert fill_template("alpaca", "What is 1+1?") == p
@@ -121,7 +121,7 @@ def test_split_rows_holds_out_and_caps():
 
 
 def test_config_section_and_gpu_recipe(tmp_path):
-    from mathscale_utils.params import ParamsError, input_files, parse_params
+    from mathscale_utils.core.params import ParamsError, input_files, parse_params
 
     with pytest.raises(ValueError):
         ft.FinetuneConfig(lr_typo=1)
@@ -150,7 +150,7 @@ def test_paper_params_train_on_128_examples_per_step(params_file, recipe, distri
     reads it: the same number of processes, FSDP gathering a full state dict for the full fine-tuning."""
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from mathscale_utils.params import ROOT, load_params, resolve_path
+    from mathscale_utils.core.params import ROOT, load_params, resolve_path
 
     P = load_params(ROOT / params_file, check_files=False)
     cfg = P.finetune
@@ -164,13 +164,13 @@ def test_paper_params_train_on_128_examples_per_step(params_file, recipe, distri
 
 
 def test_accelerate_command_and_rank_environment(tmp_path, monkeypatch):
-    from mathscale_utils.params import ROOT
+    from mathscale_utils.core.params import ROOT
 
     cfg = ft.FinetuneConfig(launcher="accelerate", num_processes=2)
     cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path, resume=False)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "0"
-    assert cmd[-6:] == ["-m", "mathscale_utils.finetune", str(tmp_path / "c.json"), "--run-dir", str(tmp_path),
+    assert cmd[-6:] == ["-m", "mathscale_utils.training.finetune", str(tmp_path / "c.json"), "--run-dir", str(tmp_path),
                         "--no-resume"]  # fmt: skip
     cfg = cfg.model_copy(update={"accelerate_config": "configs/accelerate/cpu_ddp_2proc.yaml"})
     cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path)
@@ -199,7 +199,7 @@ def test_packing_keeps_examples_apart_and_a_batch_counts_examples(tmp_path):
     attends to another. The same row with running positions (naive packing) gives another loss."""
     import torch
 
-    from mathscale_utils.artifacts import RunDir
+    from mathscale_utils.core.artifacts import RunDir
 
     cfg = _cfg(packing=True, per_device_batch=3, grad_accum=1)
     model, tok = ft.prepare_model(cfg)
@@ -343,11 +343,11 @@ def test_changed_config_starts_over(trained, tmp_path):
 def test_adapter_loads_in_llama_cpp_and_changes_the_output(trained):
     """adapter.gguf from the peft adapter; the held-out questions answered by the Q4 GGUF base without and with it,
     through the embedded llama.cpp server and the LLM client, as stage 05 asks."""
-    from mathscale_utils.params import parse_params
-    from mathscale_utils.serve import CONVERTER_DIR, compare, convert_adapter_to_gguf
+    from mathscale_utils.core.params import parse_params
+    from mathscale_utils.training.serve import CONVERTER_DIR, compare, convert_adapter_to_gguf
 
     if not (CONVERTER_DIR / "convert_lora_to_gguf.py").exists():
-        pytest.skip("converter missing: python -m mathscale_utils.serve setup-converter")
+        pytest.skip("converter missing: python -m mathscale_utils.training.serve setup-converter")
     cfg, run_dir, _ = trained
     gguf = convert_adapter_to_gguf(run_dir / "adapter", cfg.base_model)
     assert gguf == run_dir / "adapter" / "adapter.gguf" and gguf.stat().st_size > 0
@@ -379,7 +379,7 @@ def test_two_ddp_ranks_on_cpu_through_accelerate_launch(tmp_path):
     follows step 1's update (no warmup), which only the two ranks' averaged gradients reproduce."""
     import torch
 
-    from mathscale_utils.artifacts import RunDir
+    from mathscale_utils.core.artifacts import RunDir
 
     write_jsonl(
         tmp_path / "ddp" / "mathscaleqa.jsonl", [dict(r, id=f"{r['id']}{i}") for i in range(9) for r in ROWS]
@@ -438,7 +438,7 @@ def test_full_finetuning_saves_a_loadable_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mathscale_utils.models import base_path
+    from mathscale_utils.inference.models import base_path
 
     write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
     card = ft.train(_cfg(method="full", lr=1e-4, warmup_ratio=0.0, max_steps=2, save_steps=100), tmp_path)

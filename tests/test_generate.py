@@ -14,20 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils import dataset_stats, filters, reply_format, stages
-from mathscale_utils import generate as gen
-from mathscale_utils.config import GenerateConfig, LLMConfig
-from mathscale_utils.filters import (
+from mathscale_utils.core.config import GenerateConfig, LLMConfig
+from mathscale_utils.core.io import read_json, read_jsonl, write_jsonl
+from mathscale_utils.core.params import ROOT, ParamsError, load_params, parse_params
+from mathscale_utils.method import filters, reply_format
+from mathscale_utils.method import generate as gen
+from mathscale_utils.method.filters import (
     Decontaminator,
     TestItem,
     filter_and_assemble,
     funnel_adds_up,
     near_duplicates,
 )
-from mathscale_utils.generate import FewShotIndex, composition_rng, plan_request, retry_request
-from mathscale_utils.io import read_json, read_jsonl, write_jsonl
-from mathscale_utils.params import ROOT, ParamsError, load_params, parse_params
-from mathscale_utils.reply_format import parse_generation
+from mathscale_utils.method.generate import FewShotIndex, composition_rng, plan_request, retry_request
+from mathscale_utils.method.reply_format import parse_generation
+from mathscale_utils.reporting import dataset_stats
+from mathscale_utils.runs import stages
 
 from fake_openai import FakeOpenAI
 
@@ -570,7 +572,7 @@ def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, no_data_env):
         params = make_run(tmp_path, fake.base_url, modes, decontaminate=False, shard_size=4)
         P = load_params(params)
         env = {k: v for k, v in os.environ.items() if k != "MATHSCALE_DATA_DIR"}
-        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.chain", str(params), "--only", "03", "--engine", "python"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.runs.chain", str(params), "--only", "03", "--engine", "python"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             deadline = time.monotonic() + 60
@@ -607,13 +609,13 @@ def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, no_data_env):
 def test_notebook_runs_headless(tmp_path, no_data_env):
     import papermill as pm
 
-    from mathscale_utils.chain import ensure_kernel
+    from mathscale_utils.runs.chain import ensure_kernel
 
     with FakeOpenAI(answer=scripted_generation) as fake:
         params = make_run(
             tmp_path, fake.base_url, E2E_MODES[:10], data_root=make_data_dir(tmp_path), shard_size=5
         )
-        from mathscale_utils.graph import build_graph, save_graph
+        from mathscale_utils.method.graph import build_graph, save_graph
 
         save_graph(build_graph(make_seeds()), load_params(params).run_dir)  # coverage is measured against it
         out = tmp_path / "03.ipynb"

@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 import networkx as nx
 import pytest
 
-from mathscale_utils.config import GraphConfig
-from mathscale_utils.graph import (
+from mathscale_utils.core.config import GraphConfig
+from mathscale_utils.core.io import read_json
+from mathscale_utils.method.graph import (
     build_graph,
     central_nodes,
     components,
@@ -24,7 +25,6 @@ from mathscale_utils.graph import (
     topic_kp_matrix,
     type_counts,
 )
-from mathscale_utils.io import read_json
 
 from concept_rows import row
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils import compose, concepts, dataset_card, filters, mwpbench
-from mathscale_utils import generate as gen
-from mathscale_utils.artifacts import CompositionRow, Record, stage
-from mathscale_utils.config import GenerateConfig, LLMConfig
-from mathscale_utils.graph import build_graph, save_graph
-from mathscale_utils.io import DataError, read_jsonl, write_jsonl
-from mathscale_utils.journey import journey_markdown, main
-from mathscale_utils.llm import LLM
-from mathscale_utils.params import Params
+from mathscale_utils.core.artifacts import CompositionRow, Record, stage
+from mathscale_utils.core.config import GenerateConfig, LLMConfig
+from mathscale_utils.core.io import DataError, read_jsonl, write_jsonl
+from mathscale_utils.core.params import Params
+from mathscale_utils.evaluation import mwpbench
+from mathscale_utils.inference.llm import LLM
+from mathscale_utils.method import compose, concepts, dataset_card, filters
+from mathscale_utils.method import generate as gen
+from mathscale_utils.method.graph import build_graph, save_graph
+from mathscale_utils.reporting.journey import journey_markdown, main
 
 # (id, question, answer, topics, knowledge points): "Multiplication", seen once, falls to the frequency filter
 SEEDS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.judges import strict_judge
+from mathscale_utils.grading.judges import strict_judge
 
 ROOT = Path(__file__).resolve().parents[1]
 SET = ROOT / "tests" / "data" / "judge_set.jsonl"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils.judges import strict_judge
-from mathscale_utils.paper_judge import (
+from mathscale_utils.core.templates import TEMPLATES, fill_template
+from mathscale_utils.grading.judges import strict_judge
+from mathscale_utils.grading.paper_judge import (
     extract_answer,
     extract_boxed_all,
     is_equiv,
@@ -13,7 +14,6 @@ from mathscale_utils.paper_judge import (
     paper_judge,
     strip_string,
 )
-from mathscale_utils.templates import TEMPLATES, fill_template
 
 # ---------------------------------------------------------------------------------------------------------------
 # the paper's judge: (completion, reference, expected verdict), grouped by rule

@@ -1,4 +1,4 @@
-"""mathscale_utils.llm against the loopback fake server: retries, cache, order, concurrency, usage, budget, resume."""
+"""mathscale_utils.inference.llm against the loopback fake server: retries, cache, order, concurrency, usage, budget, resume."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chat import ChatRequest, HTTPError, parse_json_reply
-from mathscale_utils.config import LLMConfig
-from mathscale_utils.io import read_jsonl
-from mathscale_utils.llm import LLM, BudgetExceeded
+from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.core.io import read_jsonl
+from mathscale_utils.inference.chat import ChatRequest, HTTPError, parse_json_reply
+from mathscale_utils.inference.llm import LLM, BudgetExceeded
 
 from fake_openai import FakeOpenAI, fail_first
 
@@ -326,7 +326,7 @@ def test_torn_cache_tail_is_tolerated(fake_openai, tmp_path):
 RESUME_SCRIPT = """
 import json, sys
 from pathlib import Path
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig
+from mathscale_utils.inference.llm import LLM, ChatRequest, LLMConfig
 base_url, cache_dir, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 cfg = LLMConfig(model="fake", base_url=base_url, concurrency=4, retry_initial_s=0.01)
 with LLM(cfg, cache_dir, "resume", progress=False) as llm:
@@ -368,7 +368,7 @@ def test_kill_and_resume_repeats_no_completed_call(fake_openai, tmp_path):
 
 def test_an_adapter_changes_the_cache_key(tmp_path):
     """A student with a LoRA must not be answered from the base model's cache (nor from another adapter's)."""
-    from mathscale_utils.llm import model_id
+    from mathscale_utils.inference.llm import model_id
 
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
     a.write_bytes(b"adapter one")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chat import ChatRequest
-from mathscale_utils.config import LLMConfig
-from mathscale_utils.io import read_json
-from mathscale_utils.llm import LLM, BudgetExceeded
-from mathscale_utils.params import ParamsError, parse_params
+from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.core.io import read_json
+from mathscale_utils.core.params import ParamsError, parse_params
+from mathscale_utils.inference.chat import ChatRequest
+from mathscale_utils.inference.llm import LLM, BudgetExceeded
 
 from fake_openai import FakeOpenAI, fail_first
 
@@ -130,7 +130,7 @@ def test_budget_counts_earlier_sessions_and_other_stages(fake_openai, tmp_path):
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from mathscale_utils.llm import LLM, ChatRequest, LLMConfig
+from mathscale_utils.inference.llm import LLM, ChatRequest, LLMConfig
 base_url, d = sys.argv[1], Path(sys.argv[2])
 cfg = LLMConfig(model="fake", base_url=base_url, concurrency=4, price_prompt_per_1m=1e6,
                 price_completion_per_1m=1e6)

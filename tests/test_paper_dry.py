@@ -10,11 +10,11 @@ import re
 
 import pytest
 
-from mathscale_utils.artifacts import STAGE_IDS
-from mathscale_utils.chain import run_chain
-from mathscale_utils.io import read_json, read_jsonl
-from mathscale_utils.mwpbench import load_predictions
-from mathscale_utils.params import ROOT, load_params
+from mathscale_utils.core.artifacts import STAGE_IDS
+from mathscale_utils.core.io import read_json, read_jsonl
+from mathscale_utils.core.params import ROOT, load_params
+from mathscale_utils.evaluation.mwpbench import load_predictions
+from mathscale_utils.runs.chain import run_chain
 
 from fake_batch import FakeBatchAPI
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mathscale_utils.paper_tables import (
+from mathscale_utils.evaluation.paper_tables import (
     PAPER_TEST_SIZES_CAPPED,
     TABLE5,
     TABLE5_COLUMNS,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.chain import sweep_params
-from mathscale_utils.params import ParamsError, load_params, parse_params, resolve_path
+from mathscale_utils.core.params import ParamsError, load_params, parse_params, resolve_path
+from mathscale_utils.runs.chain import sweep_params
 
 
 def write(tmp_path: Path, text: str) -> Path:

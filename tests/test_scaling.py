@@ -6,14 +6,17 @@ import math
 
 import pytest
 
-from mathscale_utils import chain, concepts, dataset_card, filters, mwpbench, scaling
-from mathscale_utils import generate as gen
-from mathscale_utils.artifacts import CompositionRow, Record, RunDir, stage
-from mathscale_utils.config import GenerateConfig, LLMConfig
-from mathscale_utils.io import read_json, write_json, write_jsonl
-from mathscale_utils.llm import LLM
-from mathscale_utils.params import Params
-from mathscale_utils.templates import fill_template
+from mathscale_utils.core.artifacts import CompositionRow, Record, RunDir, stage
+from mathscale_utils.core.config import GenerateConfig, LLMConfig
+from mathscale_utils.core.io import read_json, write_json, write_jsonl
+from mathscale_utils.core.params import Params
+from mathscale_utils.core.templates import fill_template
+from mathscale_utils.evaluation import mwpbench
+from mathscale_utils.inference.llm import LLM
+from mathscale_utils.method import concepts, dataset_card, filters
+from mathscale_utils.method import generate as gen
+from mathscale_utils.reporting import scaling
+from mathscale_utils.runs import chain
 
 GENERATE = GenerateConfig(decontaminate=False, dedup=False, export_hf=False)  # every usable reply is kept
 PAIR = "Question: How many apples are left?\nSolution: 5 - 2 = 3.\nThe answer is 3."
@@ -206,8 +209,8 @@ def test_notebook_06_draws_an_ablation_sweep(tmp_path, fake_openai):
     ablation table and not on the size curve."""
     import papermill as pm
 
-    from mathscale_utils.chain import ensure_kernel
-    from mathscale_utils.params import ROOT
+    from mathscale_utils.core.params import ROOT
+    from mathscale_utils.runs.chain import ensure_kernel
 
     out = tmp_path / "out"
     make_run(fake_openai, out, "sw-full", 16, {"gsm8k": "++--"}, setting="full")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mathscale_utils import judges
-from mathscale_utils.judges import (
+from mathscale_utils.grading import judges
+from mathscale_utils.grading.judges import (
     SymbolicTimeout,
     judge,
     strict_judge,

@@ -13,16 +13,16 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from mathscale_utils.compose import compose
-from mathscale_utils.config import ComposeConfig, ViewsConfig
-from mathscale_utils.graph import (
+from mathscale_utils.core.config import ComposeConfig, ViewsConfig
+from mathscale_utils.method.compose import compose
+from mathscale_utils.method.graph import (
     build_graph,
     degree_distribution_figure,
     question_index,
     topic_kp_heatmap,
     topic_kp_matrix,
 )
-from mathscale_utils.views import (
+from mathscale_utils.reporting.views import (
     ego_view,
     layout_positions,
     remote_urls,

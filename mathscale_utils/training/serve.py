@@ -1,0 +1,230 @@
+"""Serving the student (stage 04 -> 05): the LoRA adapter in llama.cpp's form, the server stage 05 starts for the
+student and what identifies it, and the before/after answers of the held-out questions, all through the project's
+one LLM client.
+
+On CPU the student is the embedded GGUF base with ``adapter/adapter.gguf`` (llama.cpp's ``convert_lora_to_gguf.py``
+turns the peft adapter into it, against the materialised base's config), served by the embedded llama.cpp server,
+about ten times faster than transformers. On a GPU box the adapter is served by vLLM (``evaluate.model`` and
+``evaluate.base_url``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mathscale_utils.core.artifacts import stage
+from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.core.io import read_jsonl, write_jsonl
+from mathscale_utils.core.params import Params
+from mathscale_utils.inference.chat import ChatRequest
+from mathscale_utils.inference.llm import LLM
+from mathscale_utils.inference.models import REGISTRY, LocalServer, ServerProcess, base_path, ensure_model
+from mathscale_utils.training.finetune import alpaca_prompt, split_rows, train_file
+
+LLAMA_CPP_VERSION = "0.3.36"
+CONVERTER_DIR = Path.home() / ".cache" / "mathscale" / f"llama_cpp_convert-{LLAMA_CPP_VERSION}"
+
+
+def can_convert(base_model: str) -> bool:
+    """The LoRA GGUF needs an embedded base model and llama.cpp's converter (serve.setup_converter, once)."""
+    return base_model in REGISTRY and (CONVERTER_DIR / "convert_lora_to_gguf.py").exists()
+
+
+def setup_converter(version: str = LLAMA_CPP_VERSION, dest: Path = CONVERTER_DIR) -> Path:
+    """Fetch the llama-cpp-python sdist from PyPI once and keep llama.cpp's LoRA converter (with its gguf-py and
+    conversion/ package) in dest. Returns the path of convert_lora_to_gguf.py."""
+    script = dest / "convert_lora_to_gguf.py"
+    if script.exists():
+        return script
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"]
+        pip += ["-d", tmp]  # --no-binary :all: would compile the sdist's build requirements too (minutes)
+        subprocess.run([*pip, f"llama-cpp-python=={version}"], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        prefix = f"{sdist.name[: -len('.tar.gz')]}/vendor/llama.cpp/"
+        keep = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "gguf-py/", "conversion/", "LICENSE")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        with tarfile.open(sdist) as tf:
+            members = [m for m in tf.getmembers() if m.name.removeprefix(prefix).startswith(keep)]
+            for m in members:
+                m.name = m.name[len(prefix) :]
+            tf.extractall(staging, members=members, filter="data")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staging, dest)
+    return script
+
+
+def convert_adapter_to_gguf(adapter_dir: str | Path, base_model: str, out: str | Path | None = None) -> Path:
+    """adapter/adapter.gguf from the peft adapter, against the materialised base's config (llama.cpp's script)."""
+    script = CONVERTER_DIR / "convert_lora_to_gguf.py"
+    if not script.exists():
+        raise FileNotFoundError(
+            f"{script} missing; run once: python -m mathscale_utils.training.serve setup-converter"
+        )
+    out = Path(out) if out else Path(adapter_dir) / "adapter.gguf"
+    part = out.with_name(out.name + ".part")  # renamed when whole: an adapter.gguf that exists is complete
+    args = ["--base", base_path(base_model), "--outfile", str(part), "--outtype", "f32", str(adapter_dir)]
+    res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    if res.returncode != 0 or not part.exists():
+        raise RuntimeError(f"convert_lora_to_gguf.py failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    part.replace(out)
+    return out
+
+
+def student_id(P: Params) -> str | None:
+    """What stage 04 trained, for cache keys and prediction rows: the base and a content hash of the trained weights
+    (the peft adapter, else the GGUF adapter, else the full model's training card), the same however it is served;
+    None when there is no trained student. A later student, retrained, is then never answered from the cache."""
+    run, base = P.run, P.finetune.base_model
+    weights = sorted(run.adapter.glob("adapter_model*.safetensors")) or sorted(run.adapter.glob("*.gguf"))
+    kind = "lora"
+    if not weights and run.training_card.exists() and (run.adapter / "config.json").exists():
+        weights, kind = [run.training_card], "full"
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(w.read_bytes())
+    return f"{base}+{kind}:{h.hexdigest()[:16]}"
+
+
+def request_kind(P: Params, student: bool) -> str:
+    """chat or completion for stage 05's requests (see EvalConfig.request)."""
+    if P.evaluate.request != "auto":
+        return P.evaluate.request
+    return "completion" if student and P.finetune.prompt_format == "alpaca" else "chat"
+
+
+@contextmanager
+def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
+    """The model stage 05 asks, as an llm section, and a line saying why; a student server this starts (llama.cpp's
+    server with the GGUF base and adapter.gguf, or `vllm serve` with the LoRA or the full model) runs on 127.0.0.1
+    for the length of the block and is stopped after it (evaluate.serve):
+
+    - evaluate.model: that model at evaluate.base_url (a server you run), keyed by the trained student when
+      stage 04 made one, so that another student behind the same name is asked again;
+    - else the trained student, served here;
+    - else the llm section's model itself (evaluating the teacher). A trained adapter that cannot be served here
+      is an error rather than a silent evaluation of the teacher."""
+    ev, run = P.evaluate, P.run
+    sid = student_id(P) if ev.use_adapter else None
+    mode = ev.serve
+    if mode == "auto":
+        mode = "llama_cpp" if sid and not ev.model and run.adapter_gguf.exists() else "off"
+    plain = {"lora_path": None, "backend": "chat", "identity": None}
+    if mode == "off":
+        if ev.model:
+            where = ev.base_url or P.llm.base_url or "the embedded server"
+            identity = f"{ev.model}@{where}" + (f"|{sid}" if sid else "")
+            update = {**plain, "model": ev.model, "identity": identity}
+            if ev.base_url:
+                update["base_url"] = ev.base_url
+            yield P.llm.model_copy(update=update), f"evaluate.model = {ev.model} at {where}"
+            return
+        if sid:
+            raise ValueError(
+                f"stage 04 trained a student ({run.adapter}) that this stage cannot serve: set evaluate.serve: vllm "
+                "(on a GPU box), or serve it yourself and set evaluate.model and evaluate.base_url, or set "
+                "evaluate.use_adapter: false to evaluate the llm section's model"
+            )
+        yield P.llm, f"the llm section's model {P.llm.model} (no trained student in {run.adapter})"
+        return
+    if not sid:
+        raise ValueError(f"evaluate.serve: {mode} needs a student trained by stage 04 in {run.adapter}")
+    server = _student_server(P, mode)
+    try:
+        server.start()
+        update = {**plain, "model": "student", "base_url": server.base_url, "identity": f"{sid}@{mode}",
+                  "concurrency": server.parallel}  # fmt: skip
+        yield (
+            P.llm.model_copy(update=update),
+            f"the fine-tuned student {sid}, served by {mode} at {server.base_url}",
+        )
+    finally:
+        server.stop()
+
+
+def _student_server(P: Params, mode: str):
+    """llama.cpp's server with the GGUF base and adapter.gguf, or vLLM with the LoRA (or the full model)."""
+    run, ft = P.run, P.finetune
+    log = run.root / "student_server.log"
+    if mode == "llama_cpp":
+        if not run.adapter_gguf.exists():
+            raise ValueError(f"evaluate.serve: llama_cpp needs {run.adapter_gguf} (an embedded base model)")
+        gguf = ensure_model(ft.base_model)
+        return LocalServer(gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log,
+                           parallel=P.llm.concurrency)  # fmt: skip
+    full = not (run.adapter / "adapter_config.json").exists()
+    args = [str(run.adapter) if full else base_path(ft.base_model), "--served-model-name", "student"]
+    if not full:
+        args = [base_path(ft.base_model), "--enable-lora", "--max-lora-rank", str(ft.lora_r),
+                "--lora-modules", f"student={run.adapter}"]  # fmt: skip
+    return CommandServer([*P.evaluate.vllm_command, *args], log, P.evaluate.server_startup_s)
+
+
+class CommandServer(ServerProcess):
+    """A server started as `command --host 127.0.0.1 --port N` (vLLM's form), ready when /v1/models answers."""
+
+    name = "student server"
+    parallel = 64  # requests in flight: vLLM batches what it is sent
+
+    def __init__(self, command: list[str], log_path: Path, startup_s: float):
+        super().__init__(log_path, startup_s, CommandServer.parallel)
+        self.base_command = command
+
+    def command(self) -> list[str]:
+        return [*self.base_command, "--host", "127.0.0.1", "--port", str(self.port)]
+
+
+def answer_request(question: str, fmt: str, max_tokens: int) -> ChatRequest:
+    """The held-out question as the student was trained on it: the filled Alpaca template as one user message
+    ("chat"), or the bare template as a text completion ("alpaca"); greedy."""
+    prompt = alpaca_prompt(question)
+    if fmt == "alpaca":
+        return ChatRequest(prompt=prompt, temperature=0.0, max_tokens=max_tokens)
+    return ChatRequest(messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=max_tokens)
+
+
+def compare(P: Params, n: int | None = None) -> list[dict]:
+    """Before/after on held-out questions: {"id", "question", "reference", "base", "tuned"} per question, also
+    written to finetune/before_after.jsonl. Both answers come from the embedded llama.cpp server through the LLM
+    client (cached, counted): the GGUF base without, then with, adapter/adapter.gguf, exactly as stage 05 asks."""
+    cfg, run = P.finetune, P.run
+    _, held = split_rows(read_jsonl(train_file(cfg, run.root)), cfg)
+    held = held[: n or cfg.eval_holdout]
+    reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
+    base_cfg = LLMConfig(model=cfg.base_model, concurrency=P.llm.concurrency, n_ctx=P.llm.n_ctx,
+                         n_threads=P.llm.n_threads)  # fmt: skip
+    answers, errors = [], []
+    for lora in (None, run.adapter_gguf):
+        student = base_cfg.model_copy(update={"lora_path": lora and str(lora)})
+        with LLM.for_stage(P, stage("04").label, student) as llm:
+            results = llm.chat_many(reqs)
+        answers.append([(r.text or f"(request failed: {r.error})").strip() for r in results])
+        errors.append([r.error for r in results])
+    out = [{"id": r.get("id"), "question": r["question"], "reference": r.get("answer"), "base": b, "tuned": t,
+            "errors": [e for e in es if e]} for r, b, t, *es in zip(held, *answers, *errors, strict=True)]  # fmt: skip
+    write_jsonl(run.before_after, out)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mathscale_utils.training.serve")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser(
+        "setup-converter", help="fetch llama.cpp's convert_lora_to_gguf.py (llama-cpp-python sdist)"
+    )
+    a = ap.parse_args()
+    print(setup_converter())
