@@ -85,7 +85,7 @@ def cached_chat_ms(n: int = 2000, calls: int = 2000) -> float:
     reqs = [ChatRequest(messages=[{"role": "user", "content": f"question {i}"}]) for i in range(n)]
     with tempfile.TemporaryDirectory() as d, LLM(cfg, Path(d), "bench", progress=False) as llm:
         for r in reqs:
-            llm.cache_put(r.key(llm.model_id), "cached answer", 10, 5, "stop")
+            llm.cache.put(r.key(llm.model_id), llm.cfg.model, "cached answer", 10, 5, "stop")
         times = []
         for r in reqs[:calls]:
             t0 = time.perf_counter()

@@ -33,6 +33,11 @@ def make_llm(tmp_path: Path, base_url: str, **kw) -> LLM:
     return LLM(cfg, cache_dir=tmp_path / "cache", stage="t", progress=False)
 
 
+def runner_for(llm: LLM, state_dir: Path, cfg: BatchConfig | None = None, **kw) -> BatchRunner:
+    """The BatchRunner an LLM with backend "batch" makes: its cache, its ledger, its config."""
+    return BatchRunner(llm.cache, llm.ledger, llm.cfg, state_dir, cfg, **kw)
+
+
 def requests(n: int = 10) -> list[ChatRequest]:
     return [
         ChatRequest(
@@ -56,7 +61,7 @@ def test_collects_outputs_and_resubmits_only_failed_and_expired(tmp_path):
 
     with FakeBatchAPI(plan) as api:
         llm = make_llm(tmp_path, api.base_url)
-        runner = BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None)
+        runner = runner_for(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None)
         rep = runner.run(reqs)
         assert rep["done"] and rep["cached"] == 10 and not rep["given_up"] and rep["pending"] == 0
         assert api.calls["batches.create"] == 2 and api.calls["files.create"] == 2
@@ -78,7 +83,7 @@ def test_collects_outputs_and_resubmits_only_failed_and_expired(tmp_path):
         assert api.calls["chat"] == 0
         # running again submits nothing
         assert (
-            BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(reqs)[
+            runner_for(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(reqs)[
                 "cached_before"
             ]
             == 10
@@ -91,15 +96,15 @@ def test_restarted_collector_resumes_the_same_jobs(tmp_path):
     with FakeBatchAPI() as api:
         api.hold = True
         cfg = BatchConfig(poll_s=0.01, max_wait_s=0.05)
-        rep = BatchRunner(
-            make_llm(tmp_path, api.base_url), tmp_path / "batches", cfg, log=lambda s: None
-        ).run(reqs)
+        rep = runner_for(make_llm(tmp_path, api.base_url), tmp_path / "batches", cfg, log=lambda s: None).run(
+            reqs
+        )
         assert not rep["done"] and rep["pending"] == 6 and rep["cached"] == 0
         ids = [j["batch_id"] for j in read_json(tmp_path / "batches" / "state.json")["jobs"]]
         assert ids == ["batch_001"]
         # a new process: fresh LLM object, fresh runner, same state folder
         api.hold = False
-        rep = BatchRunner(
+        rep = runner_for(
             make_llm(tmp_path, api.base_url), tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None
         ).run(reqs)
         assert rep["done"] and rep["cached"] == 6
@@ -111,7 +116,7 @@ def test_unsaved_batch_id_is_found_again_not_recreated(tmp_path):
     reqs = requests(3)
     with FakeBatchAPI() as api:
         api.hold = True
-        BatchRunner(
+        runner_for(
             make_llm(tmp_path, api.base_url),
             tmp_path / "batches",
             BatchConfig(poll_s=0, max_wait_s=0),
@@ -122,7 +127,7 @@ def test_unsaved_batch_id_is_found_again_not_recreated(tmp_path):
         state["jobs"][0]["batch_id"] = None  # the process died between batches.create and saving its answer
         state_path.write_text(json.dumps(state))
         api.hold = False
-        rep = BatchRunner(
+        rep = runner_for(
             make_llm(tmp_path, api.base_url), tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None
         ).run(reqs)
         assert rep["done"] and rep["cached"] == 3
@@ -137,7 +142,7 @@ def test_gives_up_after_max_rounds_and_survives_a_failed_batch(tmp_path):
     reqs = requests(4)
     bad = reqs[2].key("fake-model")
     with FakeBatchAPI(plan=lambda cid, body, n: "fail" if cid == bad else "ok", fail_first_batch=True) as api:
-        rep = BatchRunner(
+        rep = runner_for(
             make_llm(tmp_path, api.base_url),
             tmp_path / "batches",
             BatchConfig(poll_s=0, max_rounds=3),
@@ -148,7 +153,7 @@ def test_gives_up_after_max_rounds_and_survives_a_failed_batch(tmp_path):
         state = read_json(tmp_path / "batches" / "state.json")
         assert state["jobs"][0]["status"] == "failed" and state["jobs"][0]["failed"] == 4
         assert api.submissions[bad] == 3 and all(v == 2 for k, v in api.submissions.items() if k != bad)
-        assert make_llm(tmp_path, api.base_url).cache_get(bad) is None
+        assert make_llm(tmp_path, api.base_url).cache.get(bad) is None
 
 
 def test_budget_is_checked_before_anything_is_uploaded(tmp_path):
@@ -161,7 +166,7 @@ def test_budget_is_checked_before_anything_is_uploaded(tmp_path):
             budget_usd=0.01,
         )
         with pytest.raises(BatchBudgetError, match="budget"):
-            BatchRunner(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(requests(5))
+            runner_for(llm, tmp_path / "batches", BatchConfig(poll_s=0), log=lambda s: None).run(requests(5))
         assert api.calls["files.create"] == 0
 
 
@@ -170,12 +175,12 @@ def test_jobs_not_collected_yet_count_against_the_budget(tmp_path):
     jobs still running is refused before anything is uploaded, and says what it would cost."""
     with FakeBatchAPI() as api:
         api.hold = True  # the first job stays running
-        probe = BatchRunner(make_llm(tmp_path / "p", api.base_url, price_prompt_per_1m=1000.0,
+        probe = runner_for(make_llm(tmp_path / "p", api.base_url, price_prompt_per_1m=1000.0,
                                      price_completion_per_1m=1000.0), tmp_path / "probe", log=lambda s: None)  # fmt: skip
         one = probe._estimate_usd([{"body": request_body(r, "m")} for r in requests(5)])
         llm = make_llm(tmp_path, api.base_url, price_prompt_per_1m=1000.0, price_completion_per_1m=1000.0,
                        budget_usd=1.5 * one)  # fmt: skip
-        runner = BatchRunner(
+        runner = runner_for(
             llm, tmp_path / "batches", BatchConfig(poll_s=0, max_wait_s=0), log=lambda s: None
         )
         assert runner.submit(requests(5)) == 5 and api.calls["files.create"] == 1
@@ -195,7 +200,7 @@ def test_request_lines_match_the_live_body(tmp_path):
     body = request_body(r, "m")
     assert body["seed"] == 3 and body["model"] == "m" and body["response_format"]["type"] == "json_schema"
     with pytest.raises(ValueError, match="base_url"):
-        _ = BatchRunner(
+        _ = runner_for(
             make_llm(tmp_path, None), tmp_path / "b", log=lambda s: None
         ).client  # the embedded server has no Batch API
 

@@ -16,7 +16,8 @@ from mathscale_utils.core.io import DataError
 from mathscale_utils.core.templates import STOP_STRINGS, fill_template
 from mathscale_utils.evaluation.answer_review import disagreements, error_examples, write_fresh_gaokao_check
 from mathscale_utils.evaluation.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
-from mathscale_utils.inference.llm import LLM, model_id
+from mathscale_utils.inference.cache import model_id
+from mathscale_utils.inference.llm import LLM
 
 from fake_openai import fail_first, prompt_of
 

@@ -42,7 +42,9 @@ def imports(path: Path) -> set[str]:
                 base = ".".join(parts)
                 out |= {f"{base}.{a.name}" if base else a.name for a in node.names}
         elif isinstance(node, ast.Import):
-            out |= {".".join(a.name.split(".")[1:3]) for a in node.names if a.name.startswith("mathscale_utils.")}
+            out |= {
+                ".".join(a.name.split(".")[1:3]) for a in node.names if a.name.startswith("mathscale_utils.")
+            }
     return out
 
 
@@ -92,7 +94,9 @@ def test_the_method_package_lists_the_paper_steps_in_order():
 
 
 def test_no_module_over_600_lines():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    long = {
+        m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 

@@ -16,7 +16,8 @@ import pytest
 from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_jsonl
 from mathscale_utils.inference.chat import ChatRequest, HTTPError, parse_json_reply
-from mathscale_utils.inference.llm import LLM, BudgetExceeded
+from mathscale_utils.inference.ledger import BudgetExceeded
+from mathscale_utils.inference.llm import LLM
 
 from fake_openai import FakeOpenAI, fail_first
 
@@ -128,11 +129,11 @@ def test_cache_put_and_get(fake_openai, tmp_path):
     """Answers obtained elsewhere (a provider's batch API) go into the same cache and are found by chat_many."""
     r = reqs(1, "batch")[0]
     with LLM(cfg_for(fake_openai), tmp_path, "t", progress=False) as llm:
-        assert llm.cache_get(r.key("fake")) is None
-        llm.cache_put(r.key("fake"), "from a batch job", 7, 3, "stop")
+        assert llm.cache.get(r.key("fake")) is None
+        llm.cache.put(r.key("fake"), llm.cfg.model, "from a batch job", 7, 3, "stop")
     with LLM(cfg_for(fake_openai), tmp_path, "t", progress=False) as llm:
         got = llm.chat(r)
-        assert got == llm.cache_get(r.key("fake"))
+        assert got == llm.cache.get(r.key("fake"))
     assert (got.text, got.cached, got.prompt_tokens, got.completion_tokens) == (
         "from a batch job",
         True,
@@ -212,7 +213,7 @@ def test_budget_stops_new_requests(fake_openai, tmp_path):
         out = llm.chat_many(requests)
         spent = llm.usage()["cost_usd"]
     done = [r for r in out if r.ok]
-    assert 0 < len(done) < 20 and llm.budget_exhausted
+    assert 0 < len(done) < 20 and llm.ledger.budget_exhausted
     assert all(r.error == "budget exceeded" for r in out[len(done) :])
     assert spent <= 100.0 and fake_openai.total_completed == len(done)
 
@@ -368,7 +369,7 @@ def test_kill_and_resume_repeats_no_completed_call(fake_openai, tmp_path):
 
 def test_an_adapter_changes_the_cache_key(tmp_path):
     """A student with a LoRA must not be answered from the base model's cache (nor from another adapter's)."""
-    from mathscale_utils.inference.llm import model_id
+    from mathscale_utils.inference.cache import model_id
 
     a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
     a.write_bytes(b"adapter one")

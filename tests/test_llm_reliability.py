@@ -19,7 +19,8 @@ from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_json
 from mathscale_utils.core.params import ParamsError, parse_params
 from mathscale_utils.inference.chat import ChatRequest
-from mathscale_utils.inference.llm import LLM, BudgetExceeded
+from mathscale_utils.inference.ledger import BudgetExceeded
+from mathscale_utils.inference.llm import LLM
 
 from fake_openai import FakeOpenAI, fail_first
 
@@ -159,7 +160,7 @@ def test_spend_of_a_killed_session_is_counted(fake_openai, tmp_path):
     fake_openai.release_stalled()
 
     with LLM(cfg, tmp_path / "cache", "03_generate", usage_dir=tmp_path / "usage", progress=False) as other:
-        spent = other.spent_usd()
+        spent = other.ledger.spent_usd()
     assert k * 20 + 4 * 26 <= spent <= k * 20 + 8 * 26, spent
     with LLM(cfg, tmp_path / "cache", "01_extract", usage_dir=tmp_path / "usage", progress=False) as llm:
         assert sum(r.cached for r in llm.chat_many(reqs(30))) == k  # the rest is sent (and paid) again

@@ -7,7 +7,8 @@
         llm.prefetch(requests)         # submit, poll, collect, resubmit failures; blocks until done or max_wait_s
         results = llm.chat_many(requests)  # every collected reply is now a cache hit: no live call
 
-``LLM`` makes the ``BatchRunner`` below when its backend is "batch"; stages never touch it directly.
+``LLM`` makes the ``BatchRunner`` below when its backend is "batch", handing it the two things it needs: the reply
+cache (collected replies go there) and the spend ledger (the run's budget counts the jobs); stages never touch it.
 
 How it works
     1. Requests already in the LLM cache are skipped. The rest are written as JSON Lines request files
@@ -36,21 +37,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
-from mathscale_utils.core.config import BatchConfig
+from mathscale_utils.core.config import BatchConfig, LLMConfig
 from mathscale_utils.core.io import read_json, write_json, write_jsonl
+from mathscale_utils.inference.cache import ReplyCache, model_id
 from mathscale_utils.inference.chat import LOCAL_API_KEY, ChatRequest, request_body
-
-if TYPE_CHECKING:
-    from mathscale_utils.inference.llm import LLM
+from mathscale_utils.inference.ledger import SpendLedger
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 class BatchBudgetError(RuntimeError):
-    """The estimated cost of a submission, added to what the run spent (LLM.spent_usd), would pass llm.budget_usd."""
+    """The estimated cost of a submission, added to what the run spent (SpendLedger.spent_usd), would pass llm.budget_usd."""
 
 
 def _describe_error(line: dict) -> str:
@@ -65,18 +65,25 @@ def _describe_error(line: dict) -> str:
 
 
 class BatchRunner:
-    """Submit, poll, collect and resubmit Batch API jobs for a list of ChatRequests; state in state_dir."""
+    """Submit, poll, collect and resubmit Batch API jobs for a list of ChatRequests; state in state_dir. Replies go
+    into `cache` under their request keys (made with model_id, default that of llm_cfg); `ledger` counts their
+    price against llm_cfg.budget_usd."""
 
     def __init__(
         self,
-        llm: LLM,
+        cache: ReplyCache,
+        ledger: SpendLedger,
+        llm_cfg: LLMConfig,
         state_dir: str | Path,
         cfg: BatchConfig | None = None,
+        answering: str | None = None,
         stage: str = "batch",
         sleep: Callable[[float], None] = time.sleep,
         log: Callable[[str], None] = print,
     ):
-        self.llm, self.cfg, self.stage, self.sleep, self.log = llm, cfg or BatchConfig(), stage, sleep, log
+        self.cache, self.ledger, self.llm_cfg = cache, ledger, llm_cfg
+        self.model_id = answering or model_id(llm_cfg)
+        self.cfg, self.stage, self.sleep, self.log = cfg or BatchConfig(), stage, sleep, log
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
@@ -88,15 +95,15 @@ class BatchRunner:
     def _load(self) -> dict:
         if self.state_path.exists():
             st = read_json(self.state_path)
-            if st.get("model") != self.llm.cfg.model:
+            if st.get("model") != self.llm_cfg.model:
                 warnings.warn(
-                    f"{self.state_path}: jobs were made for model {st.get('model')!r}, not {self.llm.cfg.model!r}",
+                    f"{self.state_path}: jobs were made for model {st.get('model')!r}, not {self.llm_cfg.model!r}",
                     stacklevel=3,
                 )
             return st
         return {
             "version": 1,
-            "model": self.llm.cfg.model,
+            "model": self.llm_cfg.model,
             "jobs": [],
             "failures": {},
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
@@ -127,7 +134,7 @@ class BatchRunner:
         if self._client is None:
             import openai
 
-            cfg = self.llm.cfg
+            cfg = self.llm_cfg
             if cfg.base_url is None:
                 raise ValueError(
                     "the Batch API backend needs llm.base_url (an OpenAI-compatible provider), not the embedded server"
@@ -152,8 +159,8 @@ class BatchRunner:
         """submit + wait: until every request is cached, has failed max_rounds times, or max_wait_s has passed."""
         wanted: dict[str, ChatRequest] = {}
         for r in requests:
-            wanted.setdefault(r.key(self.llm.model_id), r)
-        cached_before = sum(self.llm.cache_get(k) is not None for k in wanted)
+            wanted.setdefault(r.key(self.model_id), r)
+        cached_before = sum(self.cache.get(k) is not None for k in wanted)
         self.submit(list(wanted.values()), desc)
         self.wait()
         return self.report(wanted, cached_before)
@@ -162,17 +169,12 @@ class BatchRunner:
         """Submit (without waiting) the requests that are not cached, not in an unfinished job and not given up.
 
         Request files are the record of what was asked, so callers may submit in parts and drop the requests."""
-        model = self.llm.cfg.model
+        model = self.llm_cfg.model
         pending = self.pending()
         lines: dict[str, dict] = {}
         for r in requests:
-            k = r.key(self.llm.model_id)
-            if (
-                k in lines
-                or k in pending
-                or self._failures(k) >= self.cfg.max_rounds
-                or self.llm.cache_get(k)
-            ):
+            k = r.key(self.model_id)
+            if k in lines or k in pending or self._failures(k) >= self.cfg.max_rounds or self.cache.get(k):
                 continue
             lines[k] = {
                 "custom_id": k,
@@ -214,7 +216,7 @@ class BatchRunner:
             if f["n"] < self.cfg.max_rounds and not f.get("resolved")
         }
         retry -= self.pending()
-        retry = {k for k in retry if self.llm.cache_get(k) is None}
+        retry = {k for k in retry if self.cache.get(k) is None}
         if not retry:
             return
         lines: dict[str, dict] = {}
@@ -231,10 +233,10 @@ class BatchRunner:
             self._submit(list(lines.values()), "resubmission")
 
     def report(self, wanted: dict[str, ChatRequest], cached_before: int = 0) -> dict:
-        cached = sum(self.llm.cache_get(k) is not None for k in wanted)
+        cached = sum(self.cache.get(k) is not None for k in wanted)
         pending = {k for j in self._active() for k in self._job_keys(j)} & set(wanted)
         given_up = {k: self.state["failures"][k]["error"] for k in wanted if k in self.state["failures"]
-                    and self._failures(k) >= self.cfg.max_rounds and self.llm.cache_get(k) is None}  # fmt: skip
+                    and self._failures(k) >= self.cfg.max_rounds and self.cache.get(k) is None}  # fmt: skip
         rep = {
             "requested": len(wanted),
             "cached_before": cached_before,
@@ -256,7 +258,7 @@ class BatchRunner:
 
     # ---- submission ------------------------------------------------------------------------------------------
     def _estimate_usd(self, lines: Sequence[dict]) -> float:
-        cfg = self.llm.cfg
+        cfg = self.llm_cfg
         chars = sum(len(str(m.get("content", ""))) + 16 for line in lines for m in line["body"]["messages"])
         out = sum(int(line["body"].get("max_tokens") or 0) for line in lines)
         return (
@@ -282,11 +284,11 @@ class BatchRunner:
 
     def _submit(self, lines: Sequence[dict], desc: str) -> None:
         est = self._estimate_usd(lines)
-        budget = self.llm.cfg.budget_usd
+        budget = self.llm_cfg.budget_usd
         if budget is not None:
             # the run's spend (every stage and session: usage files), at least what these jobs cost so far, and
             # the estimate of every job submitted but not collected yet: all jobs may be out at once
-            spent = max(self.llm.spent_usd(), self.state["usage"]["cost_usd"])
+            spent = max(self.ledger.spent_usd(), self.state["usage"]["cost_usd"])
             pending = sum(j.get("est_usd", 0.0) for j in self._active())
             if spent + pending + est > budget:
                 raise BatchBudgetError(
@@ -377,7 +379,7 @@ class BatchRunner:
         ok: set[str] = set()
         errors: dict[str, str] = {}
         usage = self.state["usage"]
-        cfg = self.llm.cfg
+        cfg = self.llm_cfg
         if b.output_file_id:
             for line in self._lines(job, b.output_file_id, "output"):
                 cid = line.get("custom_id")
@@ -391,13 +393,13 @@ class BatchRunner:
                 if resp.get("status_code") == 200 and text is not None:
                     u = body.get("usage") or {}
                     pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-                    if self.llm.cache_get(cid) is None:
-                        self.llm.cache_put(cid, text, pt, ct, choice.get("finish_reason"))
+                    if self.cache.get(cid) is None:
+                        self.cache.put(cid, self.llm_cfg.model, text, pt, ct, choice.get("finish_reason"))
                     usage["prompt_tokens"] += pt
                     usage["completion_tokens"] += ct
                     price = (pt * cfg.price_prompt_per_1m + ct * cfg.price_completion_per_1m) / 1e6
                     usage["cost_usd"] = round(usage["cost_usd"] + price * self.cfg.price_factor, 6)
-                    self.llm.add_batch_cost(price * self.cfg.price_factor)  # the run's budget counts it
+                    self.ledger.add_batch_cost(price * self.cfg.price_factor)  # the run's budget counts it
                     ok.add(cid)
                     if cid in self.state["failures"]:
                         self.state["failures"][cid]["resolved"] = True

@@ -7,13 +7,15 @@
         # results[i] is a ChatResult for requests[i]: .text, .error, .cached, .prompt_tokens, ...
         u = llm.usage()   # u["ok"], u["failed"], u["budget_stopped"] (this session); u["total"][...] (all sessions)
 
-Each answer is appended to cache_dir/llm_cache.jsonl when it arrives: a re-run or a resumed run repeats no call.
-With ``backend: batch`` the requests that are not cached go to the provider's Batch API first (``batch.py``); its
-replies land in the same cache, so the rest of the stage reads them as cache hits. Requests are posted with one
+The client is the transport; it holds a ``ReplyCache`` (``cache.py``: each answer is appended to
+cache_dir/llm_cache.jsonl when it arrives, so a re-run or a resumed run repeats no call) and a ``SpendLedger``
+(``ledger.py``: counts, spend, the budget, the usage files). With ``backend: batch`` the requests that are not cached
+go to the provider's Batch API first (``batch.py``, which takes the same cache and ledger); its replies land in the
+cache, so the rest of the stage reads them as cache hits. Requests are posted with one
 aiohttp session (the openai SDK costs about 1 ms more client CPU per request; see bench/bench_client.py). The API
 key is read from os.environ[cfg.api_key_env] when requests are sent; it is never logged or written.
 
-``llm.budget_usd`` caps what one run pays over all its stages and sessions (rules in ``usage.py``); a refused
+``llm.budget_usd`` caps what one run pays over all its stages and sessions (rules in ``ledger.py``); a refused
 connection fails at once with "cannot connect to HOST:PORT", and after ``llm.max_connect_failures`` in a row the
 rest of the batch fails with that message instead of being retried.
 """
@@ -23,13 +25,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import json
 import os
 import random
 import threading
-import time
-import warnings
 from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -43,9 +42,9 @@ from tqdm.auto import tqdm
 from yarl import URL
 
 from mathscale_utils.core.config import LLMConfig
-from mathscale_utils.core.io import read_jsonl
 from mathscale_utils.core.params import Params
 from mathscale_utils.inference.batch import BatchRunner
+from mathscale_utils.inference.cache import ReplyCache, model_id
 from mathscale_utils.inference.chat import (
     LOCAL_API_KEY,
     ChatRequest,
@@ -54,18 +53,11 @@ from mathscale_utils.inference.chat import (
     reply_text,
     request_body,
 )
+from mathscale_utils.inference.ledger import BUDGET_ERROR, SpendLedger
 from mathscale_utils.inference.models import LocalServer, ensure_model
-from mathscale_utils.inference.usage import COUNTERS, UsageFile
 
-CACHE_FILE = "llm_cache.jsonl"
-BUDGET_ERROR = "budget exceeded"
 PENDING_ERROR = "Batch API job still running: run the stage again later"
 _CONNECT_TIMEOUT_S = 30.0  # a host that does not accept the connection within this is counted as unreachable
-_USAGE_EVERY_S = 1.0  # while answers arrive, the usage file is rewritten at most this often
-
-
-class BudgetExceeded(UserWarning):
-    """Warned once when cfg.budget_usd stops new requests; those get error "budget exceeded"."""
 
 
 class CannotConnect(Exception):
@@ -84,30 +76,6 @@ def _retryable(e: BaseException | None) -> bool:
     if isinstance(e, HTTPError):
         return e.status in (408, 409, 429) or e.status >= 500
     return isinstance(e, CannotConnect | TimeoutError | aiohttp.ClientError | _BadResponse)
-
-
-def _load_cache(path: Path) -> dict[str, dict]:
-    """key -> cache entry. A line torn by a crash is cut off first, so later appends start on a fresh line."""
-    if not path.exists():
-        return {}
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            warnings.warn(f"{path}: dropping a torn last line ({len(data) - keep} B)", stacklevel=3)
-            f.truncate(keep)
-    return {r["key"]: r for r in read_jsonl(path, tolerate_torn_tail=True)}
-
-
-def model_id(cfg: LLMConfig) -> str:
-    """What answers, for cache keys: cfg.identity when set (a served student: its base, the content hash of what
-    stage 04 trained, how it is served), else the model name, plus the adapter's content hash with a LoRA."""
-    if cfg.identity:
-        return cfg.identity
-    if not cfg.lora_path:
-        return cfg.model
-    digest = hashlib.sha256(Path(cfg.lora_path).read_bytes()).hexdigest()[:16]
-    return f"{cfg.model}+lora:{digest}"
 
 
 class LLM:
@@ -129,18 +97,10 @@ class LLM:
         self.batch_dir = Path(batch_dir) if batch_dir else Path(cache_dir).parent / "batches" / stage
         self._batch: Any = None  # the BatchRunner, made on first need
         self.model_id = model_id(cfg)
-        self.cache_path = Path(cache_dir) / CACHE_FILE
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        self.usage_path = Path(usage_dir) / f"{stage}.json" if usage_dir is not None else None
-        self._cache = _load_cache(self.cache_path)
-        self._unsaved: list[dict] = []  # answers received but not appended yet (for at most one loop pass)
-        self._cache_file: Any = None  # the cache file, open for appending while answers arrive
-        self._n: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self._batch_cost = 0.0  # Batch API replies collected in this session (batch.py reports them)
-        self._usage = UsageFile(self.usage_path)
-        self._earlier_usd = self._usage.spent_before()  # earlier sessions of every stage of the run
-        self._inflight_usd = 0.0  # estimated cost of the requests in flight now
-        self.budget_exhausted = False
+        self.cache = ReplyCache(Path(cache_dir), fsync=cfg.cache_fsync)
+        self.ledger = SpendLedger(
+            cfg, stage, Path(usage_dir) / f"{stage}.json" if usage_dir is not None else None
+        )
         self._down: str | None = None  # why the endpoint is considered down (set after max_connect_failures)
         self._refused = 0  # connection failures in a row
         self._was_down = False  # down in an earlier call: one connection failure is enough to stop this one
@@ -174,11 +134,8 @@ class LLM:
             self._thread.join(30)
             self._loop.close()
             self._loop = self._thread = self._http = self._sem = self._down_event = None
-        self._flush_cache()
-        if self._cache_file is not None:
-            self._cache_file.close()
-            self._cache_file = None
-        self._write_usage(closing=True)
+        self.cache.close()
+        self.ledger.write(closing=True)
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -211,18 +168,18 @@ class LLM:
             except BaseException:  # e.g. KeyboardInterrupt in a notebook: stop the batch; answers are saved
                 future.cancel()
                 raise
-        self._tally(results)
+        self.ledger.tally(results)
         if todo:
-            self._write_usage()
+            self.ledger.write()
         return results
 
     async def achat_many(self, requests: Iterable[ChatRequest], desc: str = "") -> list[ChatResult]:
         results, groups, todo = self._split(requests)
         if todo:
             await asyncio.wrap_future(self._submit(self._run(results, groups, todo, desc)))
-        self._tally(results)
+        self.ledger.tally(results)
         if todo:
-            await asyncio.to_thread(self._write_usage)
+            await asyncio.to_thread(self.ledger.write)
         return results
 
     def prefetch(self, requests: Iterable[ChatRequest], desc: str = "") -> bool:
@@ -231,48 +188,16 @@ class LLM:
         if self.cfg.backend != "batch":
             return True
         if self._batch is None:
-            self._batch = BatchRunner(self, self.batch_dir, self.cfg.batch, stage=self.stage)
+            self._batch = BatchRunner(
+                self.cache, self.ledger, self.cfg, self.batch_dir, self.cfg.batch, self.model_id, self.stage
+            )
         self._batch.submit(list(requests), desc)
         self._batch.wait()
         return not self._batch.unfinished()
 
-    def cache_get(self, key: str) -> ChatResult | None:
-        """The cached answer for a request key (ChatRequest.key(llm.model_id)), or None."""
-        hit = self._cache.get(key)
-        if hit is None:
-            return None
-        pt, ct = hit["usage"]["prompt_tokens"], hit["usage"]["completion_tokens"]
-        return ChatResult(key, hit["text"], None, True, pt, ct, hit["finish_reason"])
-
-    def cache_put(self, key: str, text: str, prompt_tokens: int = 0, completion_tokens: int = 0,
-                  finish_reason: str | None = None) -> None:  # fmt: skip
-        """Store an answer obtained elsewhere (e.g. a provider's batch API): chat_many will then find it."""
-        self._cache[key] = entry = self._entry(key, text, prompt_tokens, completion_tokens, finish_reason)
-        self._unsaved.append(entry)
-        self._flush_cache()
-
-    def add_batch_cost(self, usd: float) -> None:
-        """Count the price of Batch API replies collected now (batch.py) in this session's spend."""
-        self._batch_cost += usd
-
-    def spent_usd(self) -> float:
-        """What counts against cfg.budget_usd now: earlier sessions of every stage of this run (the usage dir),
-        this session's live and Batch API cost, and the estimated cost of the requests in flight."""
-        return self._earlier_usd + self._session_cost() + self._inflight_usd
-
     def usage(self) -> dict:
-        """This session's counts (requests sent, HTTP attempts, retries, cache hits, failures, tokens, cost; ok /
-        failed / budget_stopped results), "total" over every session of this stage (sessions, unclosed_usd: the
-        in-flight estimates of sessions killed before closing) and run_spent_usd (what the budget counts)."""
-        cost = self._cost(self._n["prompt_tokens"], self._n["completion_tokens"])
-        session = {**self._n, "cost_usd": round(cost, 6), "batch_cost_usd": round(self._batch_cost, 6)}
-        total, run_spent = self._usage.totals(session), round(self.spent_usd(), 6)
-        return {
-            **session,
-            "budget_exhausted": self.budget_exhausted,
-            "total": total,
-            "run_spent_usd": run_spent,
-        }
+        """This session's counts and spend, the stage's total and the run's spend (see SpendLedger.usage)."""
+        return self.ledger.usage()
 
     # ---- batch machinery -----------------------------------------------------------------------------------
     def _split(self, requests: Iterable[ChatRequest]) -> tuple[list, dict[str, list[int]], list]:
@@ -283,21 +208,15 @@ class LLM:
         todo: list[tuple[str, ChatRequest]] = []
         for i, req in enumerate(requests):
             k = req.key(self.model_id)
-            if (hit := self.cache_get(k)) is not None:
+            if (hit := self.cache.get(k)) is not None:
                 results[i] = hit
-                self._n["cache_hits"] += 1
+                self.ledger.count("cache_hits")
             elif k in groups:
                 groups[k].append(i)
             else:
                 groups[k] = [i]
                 todo.append((k, req))
         return results, groups, todo
-
-    def _tally(self, results: list[ChatResult]) -> None:
-        """Count the results a call returns: ok, stopped by the budget, failed."""
-        for r in results:
-            kind = "ok" if r.error is None else "budget_stopped" if r.error == BUDGET_ERROR else "failed"
-            self._n[kind] += 1
 
     def _submit(self, coro: Coroutine) -> concurrent.futures.Future:
         """Run `coro` on this LLM's own event-loop thread: the same path whether or not the caller has a
@@ -313,7 +232,7 @@ class LLM:
         cfg = self.cfg
         if cfg.base_url is None:
             if self._server is None:
-                log = self.cache_path.parent / f"llama_server.{self.stage}.log"
+                log = self.cache.path.parent / f"llama_server.{self.stage}.log"
                 path = ensure_model(cfg.model)
                 self._server = LocalServer(
                     path, cfg.model, cfg.n_ctx, cfg.n_threads, cfg.lora_path, log, parallel=cfg.concurrency
@@ -354,13 +273,13 @@ class LLM:
         if self._down is not None:  # down in an earlier call: try again, but one connection failure stops it
             self._down, self._was_down = None, True
             self._down_event.clear()
-        self._earlier_usd = self._usage.spent_before()  # other stages may have spent since
+        self.ledger.refresh()  # other stages may have spent since
         n, pending = len(results), iter(todo)
         done = n - sum(map(len, groups.values()))
         bar = tqdm(total=n, initial=done, desc=desc or self.stage, unit="req", disable=not self.progress)
 
         def postfix() -> None:
-            c = self._n
+            c = self.ledger.n
             bar.set_postfix(tok_in=c["prompt_tokens"], tok_out=c["completion_tokens"], fail=c["failures"])
 
         async def worker() -> None:
@@ -370,31 +289,32 @@ class LLM:
                 results[first] = res
                 for j in dups:
                     results[j] = replace(res, cached=res.ok)
-                self._n["cache_hits"] += len(dups) if res.ok else 0
+                self.ledger.count("cache_hits", len(dups) if res.ok else 0)
                 if bar.update(1 + len(dups)):  # True only when the bar redraws (at most 10 times a second)
                     postfix()
 
         try:  # 2x workers: a request sleeping in backoff holds no slot, so another one can use it
             await asyncio.gather(*(worker() for _ in range(min(len(todo), 2 * self.cfg.concurrency))))
         finally:
-            self._flush_cache()
+            self.cache.flush()
             postfix()
             bar.close()
 
     async def _one(self, key: str, req: ChatRequest) -> ChatResult:
         """One request with retries -> ChatResult. Never raises: failures come back as ChatResult.error."""
-        est, url, body = self._estimate_usd(req), self._urls[req.path], json.dumps(self._body(req)).encode()
+        est, url = self.ledger.estimate_usd(req), self._urls[req.path]
+        body = json.dumps(self._body(req)).encode()
         assert self._sem is not None  # down and budget are checked once a slot is free: waiting costs nothing
         async with self._sem:
             if self._down is not None:
                 return ChatResult(key, error=self._down)
-            if not self._reserve(est):
+            if not self.ledger.reserve(est):
                 return ChatResult(key, error=BUDGET_ERROR)
-            self._n["requests"] += 1
+            self.ledger.count("requests")
             try:  # the first attempt skips tenacity, whose async machinery costs ~50 us of CPU per request
                 data, error = await self._post(url, body, retry=False), None
             except ServerDied:
-                self._inflight_usd -= est
+                self.ledger.release(est)
                 raise
             except Exception as e:
                 data, error = None, e
@@ -422,11 +342,11 @@ class LLM:
         except ServerDied:
             raise
         except Exception as e:  # every failure is reported per request; the batch goes on
-            self._n["failures"] += 1
+            self.ledger.count("failures")
             return ChatResult(key, error=self._describe(e, attempts), attempts=attempts)
         finally:
-            self._inflight_usd -= est
-            self._n["retries"] += attempts - 1
+            self.ledger.release(est)
+            self.ledger.count("retries", attempts - 1)
         return self._answer(key, data, attempts)
 
     def _answer(self, key: str, data: dict, attempts: int) -> ChatResult:
@@ -435,24 +355,22 @@ class LLM:
         text, finish = reply_text(choice), choice.get("finish_reason")
         u = data.get("usage") or {}
         pt, ct = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-        self._n["prompt_tokens"] += pt
-        self._n["completion_tokens"] += ct
-        if time.monotonic() - self._usage.written_at > _USAGE_EVERY_S:
-            self._write_usage()
+        self.ledger.count("prompt_tokens", pt)
+        self.ledger.count("completion_tokens", ct)
+        self.ledger.write_if_due()
         if text is None:
-            self._n["failures"] += 1
+            self.ledger.count("failures")
             return ChatResult(key, error=f"reply has no content (finish_reason={finish})", attempts=attempts)
-        self._cache[key] = entry = self._entry(key, text, pt, ct, finish)
-        if not self._unsaved:  # answers that arrive in the same event-loop pass are appended together
-            asyncio.get_running_loop().call_soon(self._flush_cache)
-        self._unsaved.append(entry)
+        if not self.cache.unsaved:  # answers that arrive in the same event-loop pass are appended together
+            asyncio.get_running_loop().call_soon(self.cache.flush)
+        self.cache.put(key, self.cfg.model, text, pt, ct, finish, flush=False)
         return ChatResult(key, text, None, False, pt, ct, finish, attempts)
 
     async def _post(self, url: URL, body: bytes, retry: bool) -> dict:
         """One HTTP attempt (the caller holds a slot) -> the parsed completion. Raises on HTTP errors, unusable
         bodies and transport errors (a failed connection as CannotConnect)."""
         assert self._http is not None
-        self._n["attempts"] += 1
+        self.ledger.count("attempts")
         try:
             async with self._http.post(url, data=body) as resp:
                 raw = await resp.read()
@@ -514,23 +432,6 @@ class LLM:
                 + self._server.log_tail()
             )
 
-    def _entry(self, key: str, text: str, pt: int, ct: int, finish: str | None) -> dict:
-        """One line of llm_cache.jsonl."""
-        usage = {"prompt_tokens": pt, "completion_tokens": ct}
-        return {"key": key, "model": self.cfg.model, "text": text, "usage": usage, "finish_reason": finish}
-
-    def _flush_cache(self) -> None:
-        """Append the answers received since the last flush to the cache file: one write, flushed to the OS (the
-        file stays open: opening it per write cost ~0.1 ms per answer)."""
-        rows, self._unsaved = self._unsaved, []
-        if rows:
-            if self._cache_file is None:
-                self._cache_file = open(self.cache_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-            self._cache_file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            self._cache_file.flush()
-            if self.cfg.cache_fsync:
-                os.fsync(self._cache_file.fileno())
-
     def _delay(self, e: BaseException | None, attempt: int) -> float:
         """Wait after failed attempt number `attempt`: the server's Retry-After (capped at retry_max_wait_s), else
         "full jitter": uniform in [0, retry_initial_s * 2^(attempt-1)], the bound capped at retry_max_wait_s."""
@@ -560,42 +461,3 @@ class LLM:
             msg = f"gave up after {attempts} attempts; last error: {msg}"
         key = os.environ.get(self.cfg.api_key_env)
         return msg.replace(key, "***") if key and len(key) >= 8 else msg
-
-    # ---- usage and budget ----------------------------------------------------------------------------------
-    def _cost(self, prompt_tokens: float, completion_tokens: float) -> float:
-        p, c = self.cfg.price_prompt_per_1m, self.cfg.price_completion_per_1m
-        return (prompt_tokens * p + completion_tokens * c) / 1e6
-
-    def _session_cost(self) -> float:
-        return self._cost(self._n["prompt_tokens"], self._n["completion_tokens"]) + self._batch_cost
-
-    def _estimate_usd(self, req: ChatRequest) -> float:
-        """A conservative guess before sending: 3 characters per prompt token, every allowed output token."""
-        return self._cost(sum(len(str(m.get("content", ""))) + 16 for m in req.messages) / 3, req.max_tokens)
-
-    def _reserve(self, est: float) -> bool:
-        """True if the request may go out under cfg.budget_usd (spent + in flight + this one); the usage file then
-        holds its estimate before it is sent."""
-        budget = self.cfg.budget_usd
-        if budget is not None and not self.budget_exhausted:
-            spent = self.spent_usd()
-            if spent + est > budget:
-                self.budget_exhausted = True
-                msg = f"{self.stage}: budget ${budget:g} reached (spent ${spent:.4f} in this run); no more requests"
-                warnings.warn(BudgetExceeded(msg), stacklevel=2)
-        if self.budget_exhausted:
-            return False
-        self._inflight_usd += est
-        if self._session_cost() + self._inflight_usd > self._usage.covered:
-            self._write_usage()  # reserves twice what is in flight: about one write per `concurrency` requests
-        return True
-
-    def _write_usage(self, closing: bool = False) -> None:
-        """Rewrite usage_dir/<stage>.json (see usage.py); while open, reserve twice the estimated cost in flight
-        (at most the budget left), so that requests sent before the next write are covered too."""
-        reserved = 2 * self._inflight_usd
-        if self.cfg.budget_usd is not None:
-            left = self.cfg.budget_usd - self._earlier_usd - self._session_cost()
-            reserved = max(self._inflight_usd, min(reserved, left))
-        head = {"stage": self.stage, "model": self.cfg.model, "base_url": self.cfg.base_url}
-        self._usage.write(head, self.usage(), self._session_cost(), reserved, closing)

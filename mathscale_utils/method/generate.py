@@ -404,7 +404,7 @@ def generate_shards(
         if done[i]:
             out.extend(read_jsonl(run.shard(i)))
             continue
-        if getattr(llm, "budget_exhausted", False):
+        if llm.ledger.budget_exhausted:
             log(f"budget exhausted: stopping before shard {i}")
             break
         planned = [plan_request(c, index, cfg, seed) for c in shard]  # prompts exist one shard at a time
@@ -430,7 +430,7 @@ def _prefetch(
         return False
     retries = []
     for req in first:
-        hit = llm.cache_get(req.key(llm.model_id))
+        hit = llm.cache.get(req.key(llm.model_id))
         parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
         if parsed is not None and not parsed.ok:
             retries.append(retry_request(req, hit.text, parsed.reason or "", cfg))

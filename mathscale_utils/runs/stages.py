@@ -167,7 +167,7 @@ def generate(P: Params, log: Log = print) -> dict:
     with LLM.for_stage(P, stage("03").label) as llm:
         raw = gen.generate_shards(run, comps, index, llm, cfg, seed=P.seed, log=log)
         checks = filters.check_answers(raw, llm, cfg, P.seed) if cfg.answer_check else None
-        usage, out_of_budget = llm.usage(), llm.budget_exhausted
+        usage, out_of_budget = llm.usage(), llm.ledger.budget_exhausted
     unreached = len(comps) - len(raw)  # shards not started: the budget ran out, or Batch API jobs still run
     errors = [r["reason"] if r["status"] == "error" else None for r in raw]
     errors += [c["error"] for c in (checks or {}).values()]
