@@ -10,7 +10,7 @@ TEST_MODELS       := smollm2-135m-instruct
 # venv and clone finds it. By default it is built for AVX2 on x86-64: a native build uses every instruction the CPU
 # reports, and on VMs that report AMX without enabling it the server dies with SIGSEGV in ggml_backend_amx_mul_mat.
 # LLAMA_CMAKE_ARGS replaces those flags (empty: a native build), e.g. make llama-rebuild LLAMA_CMAKE_ARGS=
-LLAMA_BUILD := $(BIN)/python -m mathscale_utils.inference.models build-server \
+LLAMA_BUILD := $(BIN)/python -m mathscale_utils.inference.llama_build \
 	$(if $(filter undefined,$(origin LLAMA_CMAKE_ARGS)),,--cmake-args="$(LLAMA_CMAKE_ARGS)")
 
 .PHONY: setup llama-rebuild models quickstart test test-fast lint format bench lab clean
@@ -34,15 +34,15 @@ llama-rebuild: setup   # rebuild llama-server with LLAMA_CMAKE_ARGS (e.g. after 
 	$(LLAMA_BUILD) --force
 
 models: setup
-	$(BIN)/python -m mathscale_utils.inference.models install $(QUICKSTART_MODELS) $(TEST_MODELS)
+	$(BIN)/python -m mathscale_utils.inference.weights install $(QUICKSTART_MODELS) $(TEST_MODELS)
 
 quickstart: setup
-	$(BIN)/python -m mathscale_utils.inference.models install $(QUICKSTART_MODELS)
+	$(BIN)/python -m mathscale_utils.inference.weights install $(QUICKSTART_MODELS)
 	$(BIN)/python -m mathscale_utils.runs.chain params/quickstart.yaml
 
 test: setup
-	$(BIN)/python -m mathscale_utils.inference.models install $(TEST_MODELS)
-	$(BIN)/python -m mathscale_utils.inference.models materialize $(TEST_MODELS)
+	$(BIN)/python -m mathscale_utils.inference.weights install $(TEST_MODELS)
+	$(BIN)/python -m mathscale_utils.inference.weights materialize $(TEST_MODELS)
 	$(BIN)/python -m pytest
 
 test-fast: setup

@@ -43,7 +43,9 @@ from mathscale_utils.core.templates import fill_template  # noqa: E402
 from mathscale_utils.data.seeds import load_seeds  # noqa: E402
 from mathscale_utils.evaluation.mwpbench import select_records  # noqa: E402
 from mathscale_utils.inference.chat import ChatRequest, request_body  # noqa: E402
-from mathscale_utils.inference.models import LocalServer, ensure_model, llama_dir, server_binary  # noqa: E402
+from mathscale_utils.inference.llama_build import llama_dir, server_binary  # noqa: E402
+from mathscale_utils.inference.server import LocalServer  # noqa: E402
+from mathscale_utils.inference.weights import ensure_model  # noqa: E402
 from mathscale_utils.method.generate import build_prompt  # noqa: E402
 from mathscale_utils.method.reply_format import parse_generation  # noqa: E402
 
@@ -139,7 +141,7 @@ class PythonServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> PythonServer:
-        from mathscale_utils.inference.models import _free_port
+        from mathscale_utils.inference.server import _free_port
 
         self.port = _free_port()
         args = ["--model", str(self.model), "--model_alias", self.alias, "--host", "127.0.0.1", "--port"]
@@ -148,8 +150,7 @@ class PythonServer:
         watchdog = [
             sys.executable,
             "-m",
-            "mathscale_utils.inference.models",
-            "serve",
+            "mathscale_utils.inference.server",
             "--parent-pid",
             str(os.getpid()),
             "--",

@@ -239,7 +239,7 @@ def test_which_model_stage_05_asks(tmp_path):
 
 
 def _model_missing() -> bool:
-    from mathscale_utils.inference.models import ModelError, ensure_model
+    from mathscale_utils.inference.weights import ModelError, ensure_model
 
     try:
         ensure_model("smollm2-135m-instruct")

@@ -25,7 +25,7 @@ ROWS = [  # a tiny repeated dataset: the loss must go down
 
 
 def _model_ready() -> str | None:
-    from mathscale_utils.inference.models import ModelError, ensure_model
+    from mathscale_utils.inference.weights import ModelError, ensure_model
 
     try:
         ensure_model(SMALL)
@@ -438,7 +438,7 @@ def test_full_finetuning_saves_a_loadable_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mathscale_utils.inference.models import base_path
+    from mathscale_utils.inference.weights import base_path
 
     write_jsonl(tmp_path / "mathscaleqa.jsonl", ROWS * 4)
     card = ft.train(_cfg(method="full", lr=1e-4, warmup_ratio=0.0, max_steps=2, save_steps=100), tmp_path)

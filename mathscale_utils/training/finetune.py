@@ -56,7 +56,7 @@ from mathscale_utils.core.io import (
 )
 from mathscale_utils.core.params import resolve_path
 from mathscale_utils.core.templates import fill_template
-from mathscale_utils.inference.models import base_path, clear_gguf_quant_flags
+from mathscale_utils.inference.weights import base_path, clear_gguf_quant_flags
 from mathscale_utils.training.launch import LAUNCH_FILES, launch
 
 # open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"

@@ -27,7 +27,8 @@ from mathscale_utils.core.io import read_jsonl, write_jsonl
 from mathscale_utils.core.params import Params
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.llm import LLM
-from mathscale_utils.inference.models import REGISTRY, LocalServer, ServerProcess, base_path, ensure_model
+from mathscale_utils.inference.server import LocalServer, ServerProcess
+from mathscale_utils.inference.weights import REGISTRY, base_path, ensure_model
 from mathscale_utils.training.finetune import alpaca_prompt, split_rows, train_file
 
 LLAMA_CPP_VERSION = "0.3.36"
