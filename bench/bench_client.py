@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.core.config import LLMConfig  # noqa: E402
 from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.core.llm_config import LLMConfig  # noqa: E402
 from mathscale_utils.inference.chat import ChatRequest  # noqa: E402
 from mathscale_utils.inference.llm import LLM  # noqa: E402
 
@@ -95,8 +95,12 @@ def cached_chat_ms(n: int = 2000, calls: int = 2000) -> float:
 
 
 def spread(xs: list[float]) -> dict:
-    return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3),
-            "runs": [round(x, 3) for x in xs]}  # fmt: skip
+    return {
+        "median": round(statistics.median(xs), 3),
+        "min": round(min(xs), 3),
+        "max": round(max(xs), 3),
+        "runs": [round(x, 3) for x in xs],
+    }
 
 
 def main() -> None:
@@ -120,17 +124,40 @@ def main() -> None:
     probe, client = str(a.tools / "project_client_probe.py"), str(a.tools / "throughput_openai_client.py")
     clean, faulty = Server(a.tools, a.latency_ms, 0.0), Server(a.tools, a.latency_ms, a.fail_rate)
     rows: list[tuple[str, list[str], Path, Path | None]] = [
-        ("bare aiohttp (ceiling)", [client, "--base-url", clean.base_url, "--engine", "aiohttp", *common], ROOT, None),
+        (
+            "bare aiohttp (ceiling)",
+            [client, "--base-url", clean.base_url, "--engine", "aiohttp", *common],
+            ROOT,
+            None,
+        ),
         ("ours", [probe, "--base-url", clean.base_url, *common], ROOT, ROOT),
-        ("ours, faults", [probe, "--base-url", faulty.base_url, "--fail-rate", str(a.fail_rate), *common], ROOT, ROOT),
-    ]  # fmt: skip
+        (
+            "ours, faults",
+            [probe, "--base-url", faulty.base_url, "--fail-rate", str(a.fail_rate), *common],
+            ROOT,
+            ROOT,
+        ),
+    ]
     if a.openai:
-        rows.append(("openai SDK (aiohttp transport)",
-                     [client, "--base-url", clean.base_url, "--engine", "openai_aiohttp", *common], ROOT, None))  # fmt: skip
+        rows.append(
+            (
+                "openai SDK (aiohttp transport)",
+                [client, "--base-url", clean.base_url, "--engine", "openai_aiohttp", *common],
+                ROOT,
+                None,
+            )
+        )
     if a.baseline:
         b = a.baseline.resolve()
-        rows += [("baseline", [probe, "--base-url", clean.base_url, *common], b, b),
-                 ("baseline, faults", [probe, "--base-url", faulty.base_url, "--fail-rate", str(a.fail_rate), *common], b, b)]  # fmt: skip
+        rows += [
+            ("baseline", [probe, "--base-url", clean.base_url, *common], b, b),
+            (
+                "baseline, faults",
+                [probe, "--base-url", faulty.base_url, "--fail-rate", str(a.fail_rate), *common],
+                b,
+                b,
+            ),
+        ]
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {label: [] for label, *_ in rows}
     try:
@@ -138,8 +165,12 @@ def main() -> None:
             for label, args, cwd, pypath in rows:
                 rec = run_tool(args, cwd, pypath)
                 runs[label].append(rec)
-                print(f"repeat {r + 1}: {label}: {rec['fraction_of_limit']:.3f} of the limit, "
-                      f"{rec['completed']}/{rec['n']} completed", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"repeat {r + 1}: {label}: {rec['fraction_of_limit']:.3f} of the limit, "
+                    f"{rec['completed']}/{rec['n']} completed",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         clean.close()
         faulty.close()
@@ -155,22 +186,32 @@ def main() -> None:
             "paid_twice": max((x.get("server_by_status") or {}).get("200", 0) - x["completed"] for x in recs),
             "retries": spread([x["retries"] or 0 for x in recs]),
             "cached_pass_ms_per_request": spread([x["cached_pass_ms_per_request"] for x in recs])
-            if "cached_pass_ms_per_request" in recs[0] else None,
+            if "cached_pass_ms_per_request" in recs[0]
+            else None,
             "errors": [x.get("errors") for x in recs],
-        }  # fmt: skip
+        }
     out = {
         "what": "fraction of the limit (concurrency / latency) reached; ratios to bare aiohttp within each repeat",
-        "n": a.n, "concurrency": a.concurrency, "latency_ms": a.latency_ms, "fail_rate": a.fail_rate,
-        "repeats": a.repeats, "python": platform.python_version(), "cpus": os.cpu_count(),
-        "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+        "n": a.n,
+        "concurrency": a.concurrency,
+        "latency_ms": a.latency_ms,
+        "fail_rate": a.fail_rate,
+        "repeats": a.repeats,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
         "cached_chat_ms_single": round(cached_chat_ms(), 4),
-        "rows": table, "raw": runs,
-    }  # fmt: skip
+        "rows": table,
+        "raw": runs,
+    }
     write_json(ROOT / "bench" / "results" / "client.json", out)
-    print(f"\n{a.n} requests, concurrency {a.concurrency}, {a.latency_ms:g} ms per request (limit "
-          f"{a.concurrency / a.latency_ms * 1e3:g}/s), faults {a.fail_rate:.0%} 429/500; median of {a.repeats} "
-          f"repeats (min-max); {os.cpu_count()} CPUs, load {load_before[0]:.1f} before, {out['load_avg_after'][0]:.1f} "
-          "after.\n")  # fmt: skip
+    print(
+        f"\n{a.n} requests, concurrency {a.concurrency}, {a.latency_ms:g} ms per request (limit "
+        f"{a.concurrency / a.latency_ms * 1e3:g}/s), faults {a.fail_rate:.0%} 429/500; median of {a.repeats} "
+        f"repeats (min-max); {os.cpu_count()} CPUs, load {load_before[0]:.1f} before, {out['load_avg_after'][0]:.1f} "
+        "after.\n"
+    )
     print(
         "| row | fraction of limit | / bare aiohttp, same repeat | client CPU ms/req | lost | paid twice | "
         "cache pass ms/req |"
@@ -179,9 +220,11 @@ def main() -> None:
     for label, t in table.items():
         f, q, c = t["fraction_of_limit"], t["ratio_to_bare_aiohttp"], t["client_cpu_ms_per_request"]
         cache = t["cached_pass_ms_per_request"]
-        print(f"| {label} | {f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f}) | {q['median']:.3f} ({q['min']:.3f}-"
-              f"{q['max']:.3f}) | {c['median']:.2f} | {t['lost']} | {t['paid_twice']} | "
-              f"{cache['median'] if cache else '-'} |")  # fmt: skip
+        print(
+            f"| {label} | {f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f}) | {q['median']:.3f} ({q['min']:.3f}-"
+            f"{q['max']:.3f}) | {c['median']:.2f} | {t['lost']} | {t['paid_twice']} | "
+            f"{cache['median'] if cache else '-'} |"
+        )
     print(f"\nSingle cached chat(): {out['cached_chat_ms_single']} ms (median of 2,000).")
 
 

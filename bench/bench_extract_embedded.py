@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mathscale_utils.core.config import LLMConfig, SeedsConfig
 from mathscale_utils.core.io import write_json
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import SeedsConfig
 from mathscale_utils.data.seeds import load_seeds
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.llm import LLM

@@ -234,12 +234,18 @@ def main() -> None:
         table.append((name, f"{p['seconds']:.2f} s, {p['items_per_s']:,} items/s, peak +{mem(p)}"))
     d = result["decontamination"]
     table += [
-        ("decontam recall", f"exact {d['found_exact']}/{d['planted_exact']}, 15-gram span {d['found_span']}/{d['planted_15gram_span']}, "
-                            f"other hits {d['other_hits']}"),
-        ("dedup recall", f"{dups_found}/{len(planted_dups)} one-word edits found ({long_found}/{len(long_dups)} of "
-                         f">= 30 words), {other_dups} other removed"),
+        (
+            "decontam recall",
+            f"exact {d['found_exact']}/{d['planted_exact']}, 15-gram span {d['found_span']}/{d['planted_15gram_span']}, "
+            f"other hits {d['other_hits']}",
+        ),
+        (
+            "dedup recall",
+            f"{dups_found}/{len(planted_dups)} one-word edits found ({long_found}/{len(long_dups)} of "
+            f">= 30 words), {other_dups} other removed",
+        ),
         ("max RSS (process)", f"{result['maxrss_mib_process']} MiB"),
-    ]  # fmt: skip
+    ]
     w = max(len(k) for k, _ in table)
     for k, v in table:
         print(f"{k:<{w}}  {v}")

@@ -4,7 +4,7 @@ Each model trains a few real steps through `finetune.train` in its own process (
 GSM8K train questions in the chat format (solutions rewritten to end in "The answer is N"), or on synthetic
 arithmetic when the shared data folder is absent. Step time is the median of the logged steps after the first.
 Each model trains twice, side by side: with the logits of predicted positions only (`response`: what
-finetune.train does, see finetune.ResponseLogits) and with every position's logits and the model's own loss (`full`:
+finetune.train does, see examples.ResponseLogits) and with every position's logits and the model's own loss (`full`:
 the former way); the losses must agree.
 
     .venv/bin/python bench/bench_finetune.py [--models smollm2-135m-instruct qwen2.5-coder-0.5b-instruct] [--steps 4]
@@ -47,15 +47,23 @@ def bench_rows(n: int = 64) -> tuple[list[dict], str]:
                 {"id": f"gsm8k-{i}", "question": r["question"], "solution": sol, "answer": ans.strip()}
             )
         return rows, "gsm8k train"
-    rows = [{"id": f"syn-{i}", "question": f"What is {i} + {2 * i}?", "solution": f"{i} + {2 * i} = {3 * i}. The answer is {3 * i}",
-             "answer": str(3 * i)} for i in range(n)]  # fmt: skip
+    rows = [
+        {
+            "id": f"syn-{i}",
+            "question": f"What is {i} + {2 * i}?",
+            "solution": f"{i} + {2 * i} = {3 * i}. The answer is {3 * i}",
+            "answer": str(3 * i),
+        }
+        for i in range(n)
+    ]
     return rows, "synthetic"
 
 
 CHILD = """
 import json, sys
 import mathscale_utils.training.finetune as ft
-from mathscale_utils.training.finetune import FinetuneConfig, train
+from mathscale_utils.core.student_config import FinetuneConfig
+from mathscale_utils.training.finetune import train
 if sys.argv[3] == "full":  # the former way: every position's logits, the model's own loss
     make = ft.make_collator
     ft.make_collator = lambda cfg, pad_id: make(cfg, pad_id).collate
@@ -92,12 +100,17 @@ def run_one(model: str, steps: int, rows: list[dict], logits: str) -> dict:
     dtok = [b["tokens"] - a["tokens"] for a, b in zip(log, log[1:], strict=False)]
     step_s = statistics.median(dts) if dts else card["wall_time_s"] / max(card["steps"], 1)
     return {
-        "model": model, "logits": logits, "steps": card["steps"], "s_per_step": round(step_s, 2), "steps_per_s": round(1 / step_s, 4),
+        "model": model,
+        "logits": logits,
+        "steps": card["steps"],
+        "s_per_step": round(step_s, 2),
+        "steps_per_s": round(1 / step_s, 4),
         "tokens_per_step": round(statistics.mean(dtok), 1) if dtok else None,
         "tokens_per_s": round(sum(dtok) / sum(dts), 1) if dts else card["tokens_per_s"],
-        "peak_rss_gib": card["peak_memory_gib"], "process_wall_s": round(time.time() - t0, 1),
+        "peak_rss_gib": card["peak_memory_gib"],
+        "process_wall_s": round(time.time() - t0, 1),
         "losses": [round(r["loss"], 4) for r in log],
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -108,15 +121,21 @@ def main() -> None:
     rows, source = bench_rows()
     results = [run_one(m, a.steps, rows, logits) for m in a.models for logits in ("response", "full")]
     pairs = {m: [r for r in results if r["model"] == m] for m in a.models}
-    agree = {m: all(abs(x - y) <= 1e-3 * max(abs(y), 1) for x, y in zip(r["losses"], f["losses"], strict=True))
-             for m, (r, f) in pairs.items()}  # fmt: skip
+    agree = {
+        m: all(abs(x - y) <= 1e-3 * max(abs(y), 1) for x, y in zip(r["losses"], f["losses"], strict=True))
+        for m, (r, f) in pairs.items()
+    }
     speedup = {m: round(f["s_per_step"] / r["s_per_step"], 3) for m, (r, f) in pairs.items()}
     out = {
-        "losses_agree": agree, "speedup_response_over_full": speedup,
+        "losses_agree": agree,
+        "speedup_response_over_full": speedup,
         "what": "fp32 LoRA r=16 all-linear, batch 4 (no accumulation), max_length 512, adamw_torch, CPU, chat format",
-        "data": source, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "load_avg_at_end": os.getloadavg(), "results": results,
-    }  # fmt: skip
+        "data": source,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "results": results,
+    }
     path = ROOT / "bench" / "results" / "finetune.json"
     old = read_json(path) if path.exists() else None
     write_json(path, out)

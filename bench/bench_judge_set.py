@@ -78,11 +78,21 @@ def load_set(path: Path) -> list[dict]:
 def run(rows: list[dict], repeat: int) -> dict:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     out: dict = {
-        "set": {"n": len(rows), "by_split_label": {f"{s}/{lab}": n for (s, lab), n in sorted(
-            Counter((r["split"], r["label"]) for r in rows).items())}, "kinds": len({r["kind"] for r in rows})},
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "set": {
+            "n": len(rows),
+            "by_split_label": {
+                f"{s}/{lab}": n
+                for (s, lab), n in sorted(Counter((r["split"], r["label"]) for r in rows).items())
+            },
+            "kinds": len({r["kind"] for r in rows}),
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "judges": {},
-    }  # fmt: skip
+    }
     for name, fn in JUDGES.items():
         times = []
         for _ in range(repeat):
@@ -119,9 +129,17 @@ def run(rows: list[dict], repeat: int) -> dict:
         ]
         out["judges"][name] = res
     out["disagreements"] = disagreement_summary(
-        [{"id": r["id"], "dataset": r["dataset"], "gold": r["gold"], "completion": r["completion"],
-          **judge(r["completion"], r["gold"])} for r in rows]
-    )  # fmt: skip
+        [
+            {
+                "id": r["id"],
+                "dataset": r["dataset"],
+                "gold": r["gold"],
+                "completion": r["completion"],
+                **judge(r["completion"], r["gold"]),
+            }
+            for r in rows
+        ]
+    )
     return out
 
 
@@ -148,12 +166,14 @@ def reference_solutions(data_dir: Path, pairs: int, seed: int = 0) -> dict:
         misses = [(ds, gold) for sol, gold, ds in items if not fn(sol, gold)]
         fps = [(ds, other) for sol, other, ds in cross if fn(sol, other)]
         out["judges"][name] = {
-            "recall_own_gold": {d: round(1 - sum(m[0] == d for m in misses) / sum(i[2] == d for i in items), 4)
-                                for d in ("MATH", "gsm8k")},
+            "recall_own_gold": {
+                d: round(1 - sum(m[0] == d for m in misses) / sum(i[2] == d for i in items), 4)
+                for d in ("MATH", "gsm8k")
+            },
             "misses": len(misses),
             "false_positives_other_gold": len(fps),
             "n_other_gold": len(cross),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -178,8 +198,10 @@ def print_table(res: dict) -> None:
         print(f"  {g['n']:4d}  {g['kind']}")
     if "reference_solutions" in res:
         rs = res["reference_solutions"]
-        print(f"\nreference solutions ({rs['n']}, human-written): recall against their own gold, false positives "
-              f"against another item's gold ({next(iter(rs['judges'].values()))['n_other_gold']} pairs)")  # fmt: skip
+        print(
+            f"\nreference solutions ({rs['n']}, human-written): recall against their own gold, false positives "
+            f"against another item's gold ({next(iter(rs['judges'].values()))['n_other_gold']} pairs)"
+        )
         for name, j in rs["judges"].items():
             print(f"  {name:20s} {j['recall_own_gold']}  false positives: {j['false_positives_other_gold']}")
     print("\nstrict judge errors:")

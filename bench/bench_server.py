@@ -355,9 +355,12 @@ def main() -> None:
                             row = summarize(shape, cell, P)
                             key = f"{variant}|{shape}|{c}"
                             raw.setdefault(key, []).append(row)
-                            print(f"rep {rep} {key:28s} {row['tok_s']:6.1f} tok/s {row['req_s']:.3f} req/s "
-                                  f"usable {row['usable']}/{row['n']} err {row['errors']} "
-                                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                            print(
+                                f"rep {rep} {key:28s} {row['tok_s']:6.1f} tok/s {row['req_s']:.3f} req/s "
+                                f"usable {row['usable']}/{row['n']} err {row['errors']} "
+                                f"load {os.getloadavg()[0]:.1f}",
+                                flush=True,
+                            )
                             write_results(args, raw, starts, model_of, load_before, rep)
                 finally:
                     for srv in servers.values():
@@ -368,8 +371,10 @@ def main() -> None:
     print("\n| server | shape | c | tok/s median (min-max) | req/s | x python (median of repeats) | usable |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['server']} | {r['shape']} | {r['concurrency']} | {r['tok_s_median']} ({r['tok_s_min']}-"
-              f"{r['tok_s_max']}) | {r['req_s_median']} | {r['vs_python_median']} | {r['usable']} |")  # fmt: skip
+        print(
+            f"| {r['server']} | {r['shape']} | {r['concurrency']} | {r['tok_s_median']} ({r['tok_s_min']}-"
+            f"{r['tok_s_max']}) | {r['req_s_median']} | {r['vs_python_median']} | {r['usable']} |"
+        )
 
 
 def write_results(args, raw: dict, starts: dict, model_of: dict, load_before: tuple, done: int) -> list[dict]:

@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mathscale_utils.core.config import ComposeConfig, GraphConfig  # noqa: E402
 from mathscale_utils.core.io import write_json  # noqa: E402
+from mathscale_utils.core.method_config import ComposeConfig, GraphConfig  # noqa: E402
 from mathscale_utils.method.compose import compose, write_compositions  # noqa: E402
 from mathscale_utils.method.graph import build_graph, type_counts  # noqa: E402
 

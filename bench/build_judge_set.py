@@ -91,10 +91,23 @@ WORD_SETS = [["odd", "even", "neither"], ["circle", "parabola", "ellipse", "hype
 def shape_of(gold: str) -> str | None:
     """The gold's shape, for the generators (None: not used)."""
     g = gold.strip()
-    for name, rx in (("int", _INT), ("frac", _FRAC), ("sqrt", _SQRT), ("frac_sqrt", _FRAC_SQRT), ("pi", _PI),
-                     ("dec", _DEC), ("tuple", _TUPLE), ("interval", _INTERVAL), ("matrix", _PMATRIX),
-                     ("choice", _CHOICE), ("degrees", _DEGREES), ("percent", _PERCENT), ("money", _MONEY),
-                     ("unit", _UNIT), ("list", _LIST)):  # fmt: skip
+    for name, rx in (
+        ("int", _INT),
+        ("frac", _FRAC),
+        ("sqrt", _SQRT),
+        ("frac_sqrt", _FRAC_SQRT),
+        ("pi", _PI),
+        ("dec", _DEC),
+        ("tuple", _TUPLE),
+        ("interval", _INTERVAL),
+        ("matrix", _PMATRIX),
+        ("choice", _CHOICE),
+        ("degrees", _DEGREES),
+        ("percent", _PERCENT),
+        ("money", _MONEY),
+        ("unit", _UNIT),
+        ("list", _LIST),
+    ):
         if rx.fullmatch(g):
             if name == "list" and re.fullmatch(r"-?\d{1,3}(?:,\d{3})+", g):  # "61,328": 61328, or a list?
                 return None
@@ -229,10 +242,36 @@ def with_commas(n: int) -> str:
     return f"{n:,}"
 
 
-NUM_WORDS = {0: "zero", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
-             9: "nine", 10: "ten", 11: "eleven", 12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen",
-             16: "sixteen", 17: "seventeen", 18: "eighteen", 19: "nineteen", 20: "twenty", 30: "thirty",
-             40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty", 90: "ninety"}  # fmt: skip
+NUM_WORDS = {
+    0: "zero",
+    1: "one",
+    2: "two",
+    3: "three",
+    4: "four",
+    5: "five",
+    6: "six",
+    7: "seven",
+    8: "eight",
+    9: "nine",
+    10: "ten",
+    11: "eleven",
+    12: "twelve",
+    13: "thirteen",
+    14: "fourteen",
+    15: "fifteen",
+    16: "sixteen",
+    17: "seventeen",
+    18: "eighteen",
+    19: "nineteen",
+    20: "twenty",
+    30: "thirty",
+    40: "forty",
+    50: "fifty",
+    60: "sixty",
+    70: "seventy",
+    80: "eighty",
+    90: "ninety",
+}
 
 
 def in_words(n: int) -> str | None:
@@ -314,8 +353,17 @@ def g_undeclared(it, rng, split, pos):
     if n is None or not re.search(r"\d", it["working"]):
         return None
     a = it["gold"] if pos else str(near_int(rng, n))
-    end = pick(rng, ["So the total comes to {a}.", "That means she has {a} left.", "In total: {a}",
-                     "We get {a} as the result.", "Thus {a} is what we are looking for."], split).format(a=a)  # fmt: skip
+    end = pick(
+        rng,
+        [
+            "So the total comes to {a}.",
+            "That means she has {a} left.",
+            "In total: {a}",
+            "We get {a} as the result.",
+            "Thus {a} is what we are looking for.",
+        ],
+        split,
+    ).format(a=a)
     working = re.sub(r"(?i)answer", "result", it["working"])
     return f"{working}\n{end}", a, "no answer phrase: the last number"
 
@@ -326,8 +374,15 @@ def g_separators(it, rng, split, pos):
         return None
     if pos:
         s = str(n)
-        a = rng.choice([with_commas(n), s, f"{with_commas(n).replace(',', '{,}')}",
-                        with_commas(n).replace(",", "\\,"), with_commas(n).replace(",", "\\!,\\!")])  # fmt: skip
+        a = rng.choice(
+            [
+                with_commas(n),
+                s,
+                f"{with_commas(n).replace(',', '{,}')}",
+                with_commas(n).replace(",", "\\,"),
+                with_commas(n).replace(",", "\\!,\\!"),
+            ]
+        )
         note = "thousands separator style"
     else:
         s = str(abs(n))
@@ -485,8 +540,12 @@ def m_frac(it, rng, split, pos):
     m = _FRAC.fullmatch(it["gold"])
     sign, p, q = m.group(1), int(m.group(2)), int(m.group(3))
     if pos:
-        forms = [f"{sign}\\dfrac{{{p}}}{{{q}}}", f"{sign}{p}/{q}", f"\\frac{{{sign}{p}}}{{{q}}}",
-                 f"{sign}\\frac{{{2 * p}}}{{{2 * q}}}"]  # fmt: skip
+        forms = [
+            f"{sign}\\dfrac{{{p}}}{{{q}}}",
+            f"{sign}{p}/{q}",
+            f"\\frac{{{sign}{p}}}{{{q}}}",
+            f"{sign}\\frac{{{2 * p}}}{{{2 * q}}}",
+        ]
         if p < 10 and q < 10:
             forms.append(f"{sign}\\frac{p}{q}")
         if p > q and p % q:
@@ -501,8 +560,12 @@ def m_frac(it, rng, split, pos):
             if Fraction(p, q) != Fraction(str(round(p / q, 2)))
             else f"{sign}{p / q + 0.01:g}"
         )
-        cands = [f"{sign}\\frac{{{q}}}{{{p}}}", f"{sign}\\frac{{{p + 1}}}{{{q}}}", rounded,
-                 f"{'' if sign else '-'}\\frac{{{p}}}{{{q}}}"]  # fmt: skip
+        cands = [
+            f"{sign}\\frac{{{q}}}{{{p}}}",
+            f"{sign}\\frac{{{p + 1}}}{{{q}}}",
+            rounded,
+            f"{'' if sign else '-'}\\frac{{{p}}}{{{q}}}",
+        ]
         a = rng.choice([c for c in cands if c not in (it["gold"],)] if p != q else cands[1:])
         note = "reciprocal, off by one, rounded or sign"
     return f"{it['working']}\n{declare(rng, a, split, latex=True)}", a, note
@@ -542,8 +605,14 @@ def m_sqrt(it, rng, split, pos):
         note = "radical in another form"
     else:
         k = "" if c == 1 else str(c)
-        a = rng.choice([f"{k}\\sqrt{{{r + 1}}}", f"{c + 1}\\sqrt{{{r}}}", f"{float(sympy.sqrt(r) * c):.2f}",
-                        f"\\sqrt{{{c * r}}}" if c > 1 else f"\\sqrt{{{r}}} + 1"])  # fmt: skip
+        a = rng.choice(
+            [
+                f"{k}\\sqrt{{{r + 1}}}",
+                f"{c + 1}\\sqrt{{{r}}}",
+                f"{float(sympy.sqrt(r) * c):.2f}",
+                f"\\sqrt{{{c * r}}}" if c > 1 else f"\\sqrt{{{r}}} + 1",
+            ]
+        )
         note = "radical near miss or rounded decimal"
     return f"{it['working']}\n{declare(rng, a, split, latex=True)}", a, note
 
@@ -553,8 +622,11 @@ def m_frac_sqrt(it, rng, split, pos):
     c, r, d = int(m.group(1) or 1), int(m.group(2)), int(m.group(3))
     if pos:
         k = "" if c == 1 else str(c)
-        forms = [f"\\dfrac{{{k}\\sqrt{{{r}}}}}{{{d}}}", f"\\frac{{{c}}}{{{d}}}\\sqrt{{{r}}}",
-                 f"\\frac{{\\sqrt{{{c * c * r}}}}}{{{d}}}"]  # fmt: skip
+        forms = [
+            f"\\dfrac{{{k}\\sqrt{{{r}}}}}{{{d}}}",
+            f"\\frac{{{c}}}{{{d}}}\\sqrt{{{r}}}",
+            f"\\frac{{\\sqrt{{{c * c * r}}}}}{{{d}}}",
+        ]
         if (c, r, d) == (1, 3, 3):
             forms.append("\\frac{1}{\\sqrt{3}}")
         if (c, r, d) == (1, 3, 2):
@@ -565,8 +637,13 @@ def m_frac_sqrt(it, rng, split, pos):
         note = "radical fraction in another form"
     else:
         k = "" if c == 1 else str(c)
-        a = rng.choice([f"\\frac{{{k}\\sqrt{{{r}}}}}{{{d + 1}}}", f"\\frac{{{d}}}{{{k}\\sqrt{{{r}}}}}",
-                        f"{float(c * sympy.sqrt(r) / d):.3f}"])  # fmt: skip
+        a = rng.choice(
+            [
+                f"\\frac{{{k}\\sqrt{{{r}}}}}{{{d + 1}}}",
+                f"\\frac{{{d}}}{{{k}\\sqrt{{{r}}}}}",
+                f"{float(c * sympy.sqrt(r) / d):.3f}",
+            ]
+        )
         note = "radical fraction near miss"
     return f"{it['working']}\n{declare(rng, a, split, latex=True)}", a, note
 
@@ -669,16 +746,31 @@ def m_choice(it, rng, split, pos):
     letter = m.group(1) or m.group(2)
     if not pos:
         letter = rng.choice([c for c in "ABCDE" if c != letter])
-    form = pick(rng, ["Answer: {L}", "The answer is ({L}).", "The correct option is $\\textbf{{({L})}}$.",
-                      "The answer is $\\boxed{{\\text{{({L})}}}}$.", "So the answer is option {L}.",
-                      "The answer is {L}) as computed."], split)  # fmt: skip
+    form = pick(
+        rng,
+        [
+            "Answer: {L}",
+            "The answer is ({L}).",
+            "The correct option is $\\textbf{{({L})}}$.",
+            "The answer is $\\boxed{{\\text{{({L})}}}}$.",
+            "So the answer is option {L}.",
+            "The answer is {L}) as computed.",
+        ],
+        split,
+    )
     text = form.format(L=letter)
     return f"{it['working']}\n{text}", _declared_choice(text), "choice letter" if pos else "another letter"
 
 
 def _declared_choice(text: str) -> str:
-    for rx in (r"\\boxed\{(.*)\}\$", r"Answer: (\w)$", r"answer is \((\w)\)", r"\$\\textbf\{(\(\w\))\}\$",
-               r"option (\w)", r"answer is (\w\))"):  # fmt: skip
+    for rx in (
+        r"\\boxed\{(.*)\}\$",
+        r"Answer: (\w)$",
+        r"answer is \((\w)\)",
+        r"\$\\textbf\{(\(\w\))\}\$",
+        r"option (\w)",
+        r"answer is (\w\))",
+    ):
         m = re.search(rx, text)
         if m:
             return m.group(1)
@@ -738,8 +830,13 @@ def m_unit(it, rng, split, pos):
     n, unit, sq = int(m.group(1)), m.group(2), m.group(3)
     v = n if pos else near_int(rng, n)
     short = unit.split()[-1]
-    forms = [f"{v}", f"{v} \\text{{ {unit}}}{sq or ''}", f"{v} \\mbox{{ {short}}}{'^2' if sq else ''}",
-             f"{v}\\text{{{unit}}}", f"{v} {unit}{'^2' if sq else ''}"]  # fmt: skip
+    forms = [
+        f"{v}",
+        f"{v} \\text{{ {unit}}}{sq or ''}",
+        f"{v} \\mbox{{ {short}}}{'^2' if sq else ''}",
+        f"{v}\\text{{{unit}}}",
+        f"{v} {unit}{'^2' if sq else ''}",
+    ]
     if "square" in unit:
         forms.append(f"{v} \\mbox{{ {short}}}^2")
     a = rng.choice(forms)
@@ -751,8 +848,13 @@ def m_list(it, rng, split, pos):
     if pos:
         shuffled = vals[:]
         rng.shuffle(shuffled)
-        a = rng.choice([", ".join(shuffled), ", ".join(shuffled[:-1]) + (", and " if len(vals) > 2 else " and ") + shuffled[-1],
-                        " \\text{ or } ".join(f"x = {v}" for v in shuffled)])  # fmt: skip
+        a = rng.choice(
+            [
+                ", ".join(shuffled),
+                ", ".join(shuffled[:-1]) + (", and " if len(vals) > 2 else " and ") + shuffled[-1],
+                " \\text{ or } ".join(f"x = {v}" for v in shuffled),
+            ]
+        )
         note = "all values, any order"
     else:
         cands = [", ".join(vals[:-1]), ", ".join(vals + [str(int(vals[-1]) + 1)])]
@@ -794,10 +896,16 @@ def m_then_more(it, rng, split, pos):
         return None
     sign, p, q = m.groups()
     a = g if pos else f"{sign}\\frac{{{int(p) + 1}}}{{{q}}}"
-    tail = pick(rng, [f"Check: plugging back in gives ${int(q) * 2}$ on both sides.",
-                      f"As a sanity check, the decimal value is about {float(sympy.Rational(int(p), int(q))):.4f}.",
-                      f"Note that ${g}$ would be the answer if the coin were fair, but it is not.",
-                      f"We could also have written ${q}$ in the denominator directly."], split)  # fmt: skip
+    tail = pick(
+        rng,
+        [
+            f"Check: plugging back in gives ${int(q) * 2}$ on both sides.",
+            f"As a sanity check, the decimal value is about {float(sympy.Rational(int(p), int(q))):.4f}.",
+            f"Note that ${g}$ would be the answer if the coin were fair, but it is not.",
+            f"We could also have written ${q}$ in the denominator directly.",
+        ],
+        split,
+    )
     if pos and "coin were fair" in tail:
         tail = f"Plugging ${g}$ back in confirms it."
     return f"{it['working']}\n{declare(rng, a, split, latex=True)}\n{tail}", a, "declared, then a check"
@@ -815,8 +923,17 @@ def m_restated(it, rng, split, pos):
         return None
     dec = f"{sign}{float(v):g}"
     frac = f"{sign}\\frac{{{v.numerator}}}{{{v.denominator}}}"
-    form = pick(rng, ["${f}$, i.e. ${d}$", "${f}$ (that is, ${d}$)", "${f} = {d}$", "${f}$, or ${d}$ as a decimal",
-                      "${f}$, which is ${d}$"], split)  # fmt: skip
+    form = pick(
+        rng,
+        [
+            "${f}$, i.e. ${d}$",
+            "${f}$ (that is, ${d}$)",
+            "${f} = {d}$",
+            "${f}$, or ${d}$ as a decimal",
+            "${f}$, which is ${d}$",
+        ],
+        split,
+    )
     a = form.format(f=frac, d=dec)
     working = it["working"] + (
         "" if pos else f" Note that ${it['gold']}$ is the chance of the first draw only."
@@ -836,12 +953,28 @@ def m_undeclared(it, rng, split, pos):
     sign, p, q = m.group(1), int(m.group(2)), int(m.group(3))
     if pos:
         a = f"{sign}\\frac{{{p}}}{{{q}}}"
-        end = pick(rng, ["So the value we want is ${a}$.", "This gives ${a}$.", "Hence the probability is ${a}$.",
-                         "Simplifying, we get ${a}$ in total."], split).format(a=a)  # fmt: skip
+        end = pick(
+            rng,
+            [
+                "So the value we want is ${a}$.",
+                "This gives ${a}$.",
+                "Hence the probability is ${a}$.",
+                "Simplifying, we get ${a}$ in total.",
+            ],
+            split,
+        ).format(a=a)
         return f"{it['working']}\nBefore simplifying we have ${2 * p}/{2 * q}$.\n{end}", a, "last expression"
     a = f"{sign}\\frac{{{q}}}{{{p}}}" if p != q else f"{sign}\\frac{{{p + 1}}}{{{q}}}"
-    end = pick(rng, ["But we want the reciprocal, which is ${a}$.", "Inverting, we get ${a}$.",
-                     "The other ratio is ${a}$.", "Taking the complement gives ${a}$."], split).format(a=a)  # fmt: skip
+    end = pick(
+        rng,
+        [
+            "But we want the reciprocal, which is ${a}$.",
+            "Inverting, we get ${a}$.",
+            "The other ratio is ${a}$.",
+            "Taking the complement gives ${a}$.",
+        ],
+        split,
+    ).format(a=a)
     return (
         f"{it['working']}\nSo far we have ${it['gold']}$.\n{end}",
         a,
@@ -1032,8 +1165,10 @@ def _same(a, b) -> bool:
             and all(_eq(x, y) for x, y in zip(a[2], b[2], strict=True))
         )
     if a[0] == "matrix":
-        return len(a[1]) == len(b[1]) and all(len(r) == len(s) and all(_eq(x, y) for x, y in zip(r, s, strict=True))
-                                               for r, s in zip(a[1], b[1], strict=True))  # fmt: skip
+        return len(a[1]) == len(b[1]) and all(
+            len(r) == len(s) and all(_eq(x, y) for x, y in zip(r, s, strict=True))
+            for r, s in zip(a[1], b[1], strict=True)
+        )
     if a[0] == "set":
         return len(a[1]) == len(b[1]) and all(_eq(x, y) for x, y in zip(a[1], b[1], strict=True))
     return False
@@ -1110,9 +1245,20 @@ def build(data_dir: Path) -> list[dict]:
                     continue
                 completion, declared, note = out
                 made[pos] += 1
-                rows.append({"id": f"{kind}.{'p' if pos else 'n'}{made[pos]:02d}", "split": split, "kind": kind,
-                             "dataset": it["dataset"], "item_id": it["id"], "gold": it["gold"],
-                             "completion": completion, "declared": declared, "label": pos, "note": note})  # fmt: skip
+                rows.append(
+                    {
+                        "id": f"{kind}.{'p' if pos else 'n'}{made[pos]:02d}",
+                        "split": split,
+                        "kind": kind,
+                        "dataset": it["dataset"],
+                        "item_id": it["id"],
+                        "gold": it["gold"],
+                        "completion": completion,
+                        "declared": declared,
+                        "label": pos,
+                        "note": note,
+                    }
+                )
             if made[True] >= per_label and made[False] >= per_label:
                 break
         if made[True] < per_label or made[False] < per_label:

@@ -84,10 +84,20 @@ class FakeBatchAPI:
             )
             self.submissions[line["custom_id"]] += 1
         bid = f"batch_{len(self.batches) + 1:03d}"
-        b = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": body["input_file_id"],
-             "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
-             "created_at": int(time.time()), "metadata": body.get("metadata"),
-             "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}  # fmt: skip
+        b = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+        }
         self.batches[bid] = {
             "obj": b,
             "lines": lines,
@@ -112,10 +122,20 @@ class FakeBatchAPI:
             if fate == "ok":
                 a = self.answer(body)
                 a = {"content": a} if isinstance(a, str) else a
-                comp = {"id": f"chatcmpl-{cid[:8]}", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": a["content"]},
-                                     "finish_reason": a.get("finish_reason", "stop")}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+                comp = {
+                    "id": f"chatcmpl-{cid[:8]}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": a["content"]},
+                            "finish_reason": a.get("finish_reason", "stop"),
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
                 out.append(
                     {
                         "id": f"batch_req_{cid[:8]}",
@@ -125,12 +145,31 @@ class FakeBatchAPI:
                     }
                 )
             elif fate == "fail":
-                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "error": None,
-                            "response": {"status_code": 500, "request_id": "r", "body": {"error": {"message": "injected server error", "type": "server_error"}}}})  # fmt: skip
+                err.append(
+                    {
+                        "id": f"batch_req_{cid[:8]}",
+                        "custom_id": cid,
+                        "error": None,
+                        "response": {
+                            "status_code": 500,
+                            "request_id": "r",
+                            "body": {"error": {"message": "injected server error", "type": "server_error"}},
+                        },
+                    }
+                )
             else:
                 expired = True
-                err.append({"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": None,
-                            "error": {"code": "batch_expired", "message": "not executed before the completion window expired"}})  # fmt: skip
+                err.append(
+                    {
+                        "id": f"batch_req_{cid[:8]}",
+                        "custom_id": cid,
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "not executed before the completion window expired",
+                        },
+                    }
+                )
         b["status"] = "expired" if expired else "completed"
         b["request_counts"] = {"total": len(st["lines"]), "completed": len(out), "failed": len(err)}
         if out:
@@ -160,8 +199,15 @@ class FakeBatchAPI:
     async def list(self, request: web.Request) -> web.Response:
         self.calls["batches.list"] += 1
         data = [st["obj"] for st in reversed(self.batches.values())]
-        return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                                  "last_id": data[-1]["id"] if data else None, "has_more": False})  # fmt: skip
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
 
     async def chat(self, request: web.Request) -> web.Response:
         self.calls["chat"] += 1  # the batch path must never get here

@@ -130,8 +130,14 @@ class FakeOpenAI:
         usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
         if "prompt" in body:  # POST /v1/completions
             choice = {"index": 0, "text": content, "finish_reason": out.get("finish_reason", "stop")}
-            return {"id": f"cmpl-{self.total_completed}", "object": "text_completion", "created": int(time.time()),
-                    "model": body.get("model", self.model), "choices": [choice], "usage": usage}  # fmt: skip
+            return {
+                "id": f"cmpl-{self.total_completed}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": [choice],
+                "usage": usage,
+            }
         return {
             "id": f"chatcmpl-{self.total_completed}",
             "object": "chat.completion",

@@ -62,9 +62,17 @@ def test_declaration_tail_keeps_math_and_decimals():
 
 @pytest.mark.parametrize(
     "raw, clean",
-    [("\\boxed{7}.", "7"), ("$\\frac{1}{2}$", "\\frac{1}{2}"), ("\\(x\\)", "x"), ("**12**", "12"), ("$5", "5"),
-     ("\\$1,080.00", "1,080.00"), ("-$5", "-5"), ("The answer: ", "The answer")],
-)  # fmt: skip
+    [
+        ("\\boxed{7}.", "7"),
+        ("$\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("\\(x\\)", "x"),
+        ("**12**", "12"),
+        ("$5", "5"),
+        ("\\$1,080.00", "1,080.00"),
+        ("-$5", "-5"),
+        ("The answer: ", "The answer"),
+    ],
+)
 def test_clean_answer(raw, clean):
     assert A.clean_answer(raw) == clean
 
@@ -140,9 +148,18 @@ def test_words_to_number():
 
 @pytest.mark.parametrize(
     "text, strict, loose",
-    [("B", "B", "B"), ("(B)", "B", "B"), ("\\text{(B)}", "B", "B"), ("option B", "B", "B"), ("(B) 12", None, "B"),
-     ("\\textbf{(B) }12", None, "B"), ("B) 4", None, "B"), ("b + 1", None, None), ("12", None, None)],
-)  # fmt: skip
+    [
+        ("B", "B", "B"),
+        ("(B)", "B", "B"),
+        ("\\text{(B)}", "B", "B"),
+        ("option B", "B", "B"),
+        ("(B) 12", None, "B"),
+        ("\\textbf{(B) }12", None, "B"),
+        ("B) 4", None, "B"),
+        ("b + 1", None, None),
+        ("12", None, None),
+    ],
+)
 def test_choice_letter(text, strict, loose):
     assert A.choice_letter(text) == strict and A.choice_letter(text, strict=False) == loose
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import BatchConfig, LLMConfig
 from mathscale_utils.core.io import read_json
+from mathscale_utils.core.llm_config import BatchConfig, LLMConfig
 from mathscale_utils.core.params import load_params
 from mathscale_utils.inference.batch import BatchBudgetError, BatchRunner
 from mathscale_utils.inference.chat import ChatRequest, request_body
@@ -175,11 +175,21 @@ def test_jobs_not_collected_yet_count_against_the_budget(tmp_path):
     jobs still running is refused before anything is uploaded, and says what it would cost."""
     with FakeBatchAPI() as api:
         api.hold = True  # the first job stays running
-        probe = runner_for(make_llm(tmp_path / "p", api.base_url, price_prompt_per_1m=1000.0,
-                                     price_completion_per_1m=1000.0), tmp_path / "probe", log=lambda s: None)  # fmt: skip
+        probe = runner_for(
+            make_llm(
+                tmp_path / "p", api.base_url, price_prompt_per_1m=1000.0, price_completion_per_1m=1000.0
+            ),
+            tmp_path / "probe",
+            log=lambda s: None,
+        )
         one = probe._estimate_usd([{"body": request_body(r, "m")} for r in requests(5)])
-        llm = make_llm(tmp_path, api.base_url, price_prompt_per_1m=1000.0, price_completion_per_1m=1000.0,
-                       budget_usd=1.5 * one)  # fmt: skip
+        llm = make_llm(
+            tmp_path,
+            api.base_url,
+            price_prompt_per_1m=1000.0,
+            price_completion_per_1m=1000.0,
+            budget_usd=1.5 * one,
+        )
         runner = runner_for(
             llm, tmp_path / "batches", BatchConfig(poll_s=0, max_wait_s=0), log=lambda s: None
         )

@@ -127,8 +127,11 @@ def test_smoke_params_run_every_stage_with_the_embedded_model(tmp_path):
     params.write_text(text + f"outputs_dir: {tmp_path / 'out'}\n")
     r = subprocess.run(
         [sys.executable, "-m", "mathscale_utils.runs.chain", str(params)],
-        capture_output=True, text=True, cwd=ROOT, timeout=1800,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "out" / "smoke"
     manifest = read_json(run_dir / "manifest.json")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from mathscale_utils.core.config import ComposeConfig
 from mathscale_utils.core.io import read_json
+from mathscale_utils.core.method_config import ComposeConfig
 from mathscale_utils.method.compose import compose, drop_table, read_compositions, write_compositions
 from mathscale_utils.method.graph import build_graph, composition_path, kp_id, topic_id
 

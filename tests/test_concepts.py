@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.config import ExtractConfig
+from mathscale_utils.core.method_config import ExtractConfig
 from mathscale_utils.method.concepts import (
     Extraction,
     build_request,
@@ -125,7 +125,7 @@ def test_min_count_one_keeps_everything():
 def test_extract_sets_asks_once_and_merges_case_within_each_set(fake_openai, tmp_path):
     """The seeds and the coverage sample go out as one batch (the slots stay busy between them); a concept's case
     variants are merged within a set, never across sets (a test question must not rename a seed's concept)."""
-    from mathscale_utils.core.config import LLMConfig
+    from mathscale_utils.core.llm_config import LLMConfig
     from mathscale_utils.inference.llm import LLM
     from mathscale_utils.method.concepts import extract_sets
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.config import SeedsConfig
 from mathscale_utils.core.io import DataError
+from mathscale_utils.core.method_config import SeedsConfig
 from mathscale_utils.data.benchmarks import (
     MC_FILTER_KEYWORDS,
     MWPBENCH_DATASETS,
@@ -71,9 +71,14 @@ def test_math_counts_topics_and_boxed_answers():
     assert (len(train), len(test)) == (7498, 5000)  # two train rows with an empty box skipped
     topics = Counter(r.data_topic for r in test)
     assert set(topics) == {
-        "MATH.Algebra", "MATH.Counting_&_Probability", "MATH.Geometry", "MATH.Intermediate_Algebra",
-        "MATH.Number_Theory", "MATH.Prealgebra", "MATH.Precalculus",
-    }  # fmt: skip
+        "MATH.Algebra",
+        "MATH.Counting_&_Probability",
+        "MATH.Geometry",
+        "MATH.Intermediate_Algebra",
+        "MATH.Number_Theory",
+        "MATH.Prealgebra",
+        "MATH.Precalculus",
+    }
     assert topics["MATH.Algebra"] == 1187
     assert test[0].answer == "2" and test[0].id == "MATH.test/algebra/1.json"
     assert all(r.answer for r in train + test)
@@ -146,8 +151,13 @@ def test_mc_to_word_conversion():
     opts = {"A": " 12 ", "B": "$\\frac{1}{2}$", "C": ""}
     assert mc_to_word("What is 3 x 4?", opts, "A") == ("What is 3 x 4?", "12")
     assert mc_to_word("  Compute half.  ", opts, "B") == ("Compute half.", "$\\frac{1}{2}$")
-    for q in ("Which of the following is prime?", "WHICH ONE is larger?", "Which is even?", "Pick the following.",
-              "Which statement is true?"):  # fmt: skip
+    for q in (
+        "Which of the following is prime?",
+        "WHICH ONE is larger?",
+        "Which is even?",
+        "Pick the following.",
+        "Which statement is true?",
+    ):
         assert mc_to_word(q, opts, "A") is None
     assert mc_to_word("What is 3 x 4?", opts, "D") is None  # no such option
     assert mc_to_word("What is 3 x 4?", opts, "C") is None  # empty option
@@ -161,22 +171,54 @@ def test_mc_to_word_conversion():
 
 def test_read_tal_and_sat_on_hand_made_rows(tmp_path):
     tal = [
-        {"queId": "q1", "qid": "1", "difficulty": "1", "problem": "What is 2+2? ",
-         "answer_option_list": [[{"aoVal": "A", "content": "$$3$$"}], [{"aoVal": "B", "content": "$$4$$ "}]],
-         "answer_value": "B", "answer_analysis": ["2+2=4"]},
-        {"queId": "q2", "problem": "Which of the following is odd?",
-         "answer_option_list": [[{"aoVal": "A", "content": "3"}]], "answer_value": "A", "answer_analysis": None},
-    ]  # fmt: skip
+        {
+            "queId": "q1",
+            "qid": "1",
+            "difficulty": "1",
+            "problem": "What is 2+2? ",
+            "answer_option_list": [
+                [{"aoVal": "A", "content": "$$3$$"}],
+                [{"aoVal": "B", "content": "$$4$$ "}],
+            ],
+            "answer_value": "B",
+            "answer_analysis": ["2+2=4"],
+        },
+        {
+            "queId": "q2",
+            "problem": "Which of the following is odd?",
+            "answer_option_list": [[{"aoVal": "A", "content": "3"}]],
+            "answer_value": "A",
+            "answer_analysis": None,
+        },
+    ]
     _write_jsonl(tmp_path / "tal_scq5k_en" / "test.jsonl", tal)
     recs = read_tal(tmp_path, "test")
     assert [(r.id, r.question, r.answer, r.solution) for r in recs] == [
         ("tal.test.q1", "What is 2+2?", "$$4$$", "2+2=4")
     ]
     sat = [
-        {"passage": "", "question": "If x=3, what is 2x?", "options": ["(A)5", "(B)$6$"], "label": "B", "other": {"solution": "s"}},
-        {"passage": "P.", "question": "Which of the following is true?", "options": ["(A)a"], "label": "A", "other": {}},
-        {"passage": "Which one? A table.", "question": "How many?", "options": ["(A)7", "(B)8"], "label": "A", "other": {}},
-    ]  # fmt: skip
+        {
+            "passage": "",
+            "question": "If x=3, what is 2x?",
+            "options": ["(A)5", "(B)$6$"],
+            "label": "B",
+            "other": {"solution": "s"},
+        },
+        {
+            "passage": "P.",
+            "question": "Which of the following is true?",
+            "options": ["(A)a"],
+            "label": "A",
+            "other": {},
+        },
+        {
+            "passage": "Which one? A table.",
+            "question": "How many?",
+            "options": ["(A)7", "(B)8"],
+            "label": "A",
+            "other": {},
+        },
+    ]
     _write_jsonl(tmp_path / "agieval" / "sat-math.jsonl", sat)
     recs = read_agieval_sat(tmp_path)
     assert [(r.answer, r.question) for r in recs] == [
@@ -194,8 +236,15 @@ def test_gsm8k_and_math_readers_on_hand_made_rows(tmp_path):
     _write_jsonl(tmp_path / "gsm8k" / "train.jsonl", [{"question": "Q", "answer": "no marker"}])
     with pytest.raises(DataError, match=r"train.jsonl:1: .*####"):
         read_gsm8k(tmp_path, "train")
-    rows = [{"problem": "P", "level": "Level 1", "type": "Counting & Probability",
-             "solution": "so $\\boxed{\\frac{1}{2}}$ and finally \\boxed{\\dfrac{3}{4}}.", "unique_id": "test/c/1.json"}]  # fmt: skip
+    rows = [
+        {
+            "problem": "P",
+            "level": "Level 1",
+            "type": "Counting & Probability",
+            "solution": "so $\\boxed{\\frac{1}{2}}$ and finally \\boxed{\\dfrac{3}{4}}.",
+            "unique_id": "test/c/1.json",
+        }
+    ]
     _write_jsonl(tmp_path / "math" / "test.jsonl", rows)
     [m] = read_math(tmp_path, "test")
     assert (m.answer, m.data_topic, m.id) == (
@@ -223,8 +272,16 @@ def test_topics_map_to_datasets():
 def _official_rows():
     rows = []
     for i in range(5):
-        rows.append({"data_topic": "ape210k_en", "data_source": "ape", "question": f"ape {i}", "answer": str(i),
-                     "license": "", "question_number": str(i)})  # fmt: skip
+        rows.append(
+            {
+                "data_topic": "ape210k_en",
+                "data_source": "ape",
+                "question": f"ape {i}",
+                "answer": str(i),
+                "license": "",
+                "question_number": str(i),
+            }
+        )
     rows.append({"data_topic": "MATH.Algebra", "question": "m", "answer": "$2$", "question_number": "7"})
     rows.append({"data_topic": "math23k_en", "question": "z", "answer": 3, "question_number": "1"})
     rows.append({"data_topic": "gsm8k", "question": "g", "answer": "4", "question_number": ""})

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.config import EvalConfig, LLMConfig
 from mathscale_utils.core.io import DataError
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.student_config import EvalConfig
 from mathscale_utils.core.templates import STOP_STRINGS, fill_template
 from mathscale_utils.evaluation.answer_review import disagreements, error_examples, write_fresh_gaokao_check
 from mathscale_utils.evaluation.mwpbench import compute_metrics, load_predictions, rejudge, run_eval
@@ -276,7 +277,7 @@ def test_each_student_behind_one_endpoint_is_asked_afresh(tmp_path, fake_openai)
 
 
 def test_a_base_model_student_gets_the_bare_alpaca_prompt_as_a_text_completion(tmp_path, fake_openai):
-    from mathscale_utils.core.config import LLMConfig
+    from mathscale_utils.core.llm_config import LLMConfig
     from mathscale_utils.inference.llm import LLM
 
     fake_openai.answer = lambda body: " The answer is 18."

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import SeedsConfig
 from mathscale_utils.core.io import FILE_MODE, Locked, locked, read_json, write_json
+from mathscale_utils.core.method_config import SeedsConfig
 from mathscale_utils.core.params import ROOT, ParamsError, load_params, parse_params
 from mathscale_utils.data.seeds import load_seeds
 from mathscale_utils.runs.chain import StageFailed, run_chain, sweep_params
@@ -114,10 +114,17 @@ def test_a_second_chain_on_the_same_run_or_cache_is_refused(tmp_path):
         params = write_params(tmp_path, fake.base_url)
         run = load_params(params).run
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; from mathscale_utils.core.io import locked\n"
-             "with locked(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)", str(run.lock)],
-            stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from mathscale_utils.core.io import locked\n"
+                "with locked(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)",
+                str(run.lock),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         try:
             assert holder.stdout.readline().strip() == "held"
             with pytest.raises(Locked, match=f"pid {holder.pid}"):
@@ -193,8 +200,12 @@ def test_a_killed_chain_leaves_the_cache_usable(tmp_path):
     """kill -9 in the middle of stage 01: the answers received are kept, the re-run only asks the rest."""
     with FakeOpenAI(answer=lambda body: EXTRACTION_REPLY, latency_s=0.3) as fake:
         params = write_params(tmp_path, fake.base_url, seeds=20)
-        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.runs.chain", str(params), "--engine", "python"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mathscale_utils.runs.chain", str(params), "--engine", "python"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         cache = tmp_path / "out" / "t" / "cache" / "llm_cache.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 6):

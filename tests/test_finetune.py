@@ -12,16 +12,26 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.core.io import read_json, read_jsonl, write_jsonl
+from mathscale_utils.core.templates import alpaca_prompt
+from mathscale_utils.training import examples as tex
 from mathscale_utils.training import finetune as ft
 from mathscale_utils.training import launch
 
 SMALL = "smollm2-135m-instruct"
 ROWS = [  # a tiny repeated dataset: the loss must go down
-    {"id": "a", "question": "Sam has 3 apples and buys 4 more. How many apples does he have?",
-     "solution": "Sam has 3 + 4 = 7 apples. The answer is 7", "answer": "7"},
-    {"id": "b", "question": "A box holds 5 pens. How many pens are in 2 boxes?",
-     "solution": "2 boxes hold 2 * 5 = 10 pens. The answer is 10", "answer": "10"},
-]  # fmt: skip
+    {
+        "id": "a",
+        "question": "Sam has 3 apples and buys 4 more. How many apples does he have?",
+        "solution": "Sam has 3 + 4 = 7 apples. The answer is 7",
+        "answer": "7",
+    },
+    {
+        "id": "b",
+        "question": "A box holds 5 pens. How many pens are in 2 boxes?",
+        "solution": "2 boxes hold 2 * 5 = 10 pens. The answer is 10",
+        "answer": "10",
+    },
+]
 
 
 def _model_ready() -> str | None:
@@ -39,8 +49,18 @@ needs_model = pytest.mark.skipif(_why is not None, reason=f"embedded model missi
 
 
 def _cfg(**kw) -> ft.FinetuneConfig:
-    base = dict(base_model=SMALL, per_device_batch=2, grad_accum=1, max_steps=6, save_steps=3, lr=2e-3,
-                lora_dropout=0.0, eval_holdout=2, max_new_tokens=12, max_length=128)  # fmt: skip
+    base = dict(
+        base_model=SMALL,
+        per_device_batch=2,
+        grad_accum=1,
+        max_steps=6,
+        save_steps=3,
+        lr=2e-3,
+        lora_dropout=0.0,
+        eval_holdout=2,
+        max_new_tokens=12,
+        max_length=128,
+    )
     return ft.FinetuneConfig(**{**base, **kw})
 
 
@@ -66,7 +86,7 @@ def trained(tmp_path_factory):
 
 
 def test_alpaca_prompt_is_the_evaluation_template():
-    p = ft.alpaca_prompt("What is 1+1?")
+    p = alpaca_prompt("What is 1+1?")
     assert p == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruction:\nWhat is 1+1?\n\n### Response:"
@@ -81,8 +101,8 @@ def test_alpaca_prompt_is_the_evaluation_template():
 @pytest.mark.parametrize("fmt", ["alpaca", "chat"])
 def test_prompt_tokens_are_masked(tok, fmt):
     q, s = ROWS[0]["question"], ROWS[0]["solution"]
-    ex = ft.encode_example(tok, q, s, 512, fmt)
-    prompt_ids = tok(ft.render_prompt(tok, q, fmt), add_special_tokens=fmt == "alpaca")["input_ids"]
+    ex = tex.encode_example(tok, q, s, 512, fmt)
+    prompt_ids = tok(tex.render_prompt(tok, q, fmt), add_special_tokens=fmt == "alpaca")["input_ids"]
     n = len(prompt_ids)
     assert ex["input_ids"][:n] == prompt_ids  # exactly what the evaluator sends
     assert ex["labels"][:n] == [-100] * n
@@ -93,17 +113,17 @@ def test_prompt_tokens_are_masked(tok, fmt):
     if fmt == "alpaca":
         assert tok.decode(prompt_ids).endswith("### Response:")
     else:
-        assert ft.alpaca_prompt(q) in tok.decode(prompt_ids)
+        assert alpaca_prompt(q) in tok.decode(prompt_ids)
 
 
 def test_truncation_keeps_the_prompt(tok):
-    ex = ft.encode_example(tok, "Q?", "word " * 400, 64, "alpaca")
+    ex = tex.encode_example(tok, "Q?", "word " * 400, 64, "alpaca")
     assert len(ex["input_ids"]) == len(ex["labels"]) == 64
     assert ex["labels"][0] == -100 and ex["labels"][-1] != -100
 
 
 def test_collator_pads_with_masked_labels():
-    batch = ft.PadCollator(pad_id=0)(
+    batch = tex.PadCollator(pad_id=0)(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -115,9 +135,9 @@ def test_split_rows_holds_out_and_caps():
     rows = [{"id": i, "question": f"q{i}", "solution": f"s{i}"} for i in range(20)] + [
         {"id": "x", "question": ""}
     ]
-    train, held = ft.split_rows(rows, ft.FinetuneConfig(eval_holdout=3, max_examples=10))
+    train, held = tex.split_rows(rows, ft.FinetuneConfig(eval_holdout=3, max_examples=10))
     assert len(held) == 3 and len(train) == 10 and not {r["id"] for r in held} & {r["id"] for r in train}
-    assert (train, held) == ft.split_rows(rows, ft.FinetuneConfig(eval_holdout=3, max_examples=10))
+    assert (train, held) == tex.split_rows(rows, ft.FinetuneConfig(eval_holdout=3, max_examples=10))
 
 
 def test_config_section_and_gpu_recipe(tmp_path):
@@ -170,8 +190,14 @@ def test_accelerate_command_and_rank_environment(tmp_path, monkeypatch):
     cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path, resume=False)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
     assert cmd[cmd.index("--num_processes") + 1] == "2" and cmd[cmd.index("--main_process_port") + 1] == "0"
-    assert cmd[-6:] == ["-m", "mathscale_utils.training.finetune", str(tmp_path / "c.json"), "--run-dir", str(tmp_path),
-                        "--no-resume"]  # fmt: skip
+    assert cmd[-6:] == [
+        "-m",
+        "mathscale_utils.training.finetune",
+        str(tmp_path / "c.json"),
+        "--run-dir",
+        str(tmp_path),
+        "--no-resume",
+    ]
     cfg = cfg.model_copy(update={"accelerate_config": "configs/accelerate/cpu_ddp_2proc.yaml"})
     cmd = launch.accelerate_command(cfg, tmp_path / "c.json", tmp_path)
     assert cmd[cmd.index("--config_file") + 1] == str(ROOT / "configs/accelerate/cpu_ddp_2proc.yaml")
@@ -204,7 +230,7 @@ def test_packing_keeps_examples_apart_and_a_batch_counts_examples(tmp_path):
     cfg = _cfg(packing=True, per_device_batch=3, grad_accum=1)
     model, tok = ft.prepare_model(cfg)
     rows = [*ROWS, {"question": "What is 12 divided by 4?", "solution": "12 / 4 = 3. The answer is 3"}] * 2
-    examples = [ft.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows]
+    examples = [tex.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows]
     examples = [{k: e[k] for k in ("input_ids", "labels")} for e in examples]
     trainer = ft.build_trainer(cfg, ft.training_args(cfg, RunDir(tmp_path)), examples, model, tok, [])
     batches = list(trainer.get_train_dataloader())
@@ -240,8 +266,8 @@ def test_the_loss_from_response_logits_is_the_full_loss(packing):
     cfg = _cfg(packing=packing, per_device_batch=2, grad_accum=1)
     model, tok = ft.prepare_model(cfg)
     rows = [*ROWS, {"question": "What is 12 divided by 4?", "solution": "12 / 4 = 3. The answer is 3"}]
-    examples = [ft.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows[-2:]]
-    batch = ft.make_collator(cfg, tok.pad_token_id)(
+    examples = [tex.encode_example(tok, r["question"], r["solution"], 128, "chat") for r in rows[-2:]]
+    batch = tex.make_collator(cfg, tok.pad_token_id)(
         [{k: e[k] for k in ("input_ids", "labels")} for e in examples]
     )
     keep = batch["logits_to_keep"]
@@ -253,8 +279,8 @@ def test_the_loss_from_response_logits_is_the_full_loss(packing):
         full = model(**{k: v for k, v in batch.items() if k != "logits_to_keep"}, num_items_in_batch=n).loss
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         assert out.logits.shape[1] == len(keep)
-        assert ft.response_loss(out, batch["labels"], n).item() == pytest.approx(full.item(), rel=1e-5)
-        mean = ft.response_loss(
+        assert tex.response_loss(out, batch["labels"], n).item() == pytest.approx(full.item(), rel=1e-5)
+        mean = tex.response_loss(
             out, batch["labels"]
         ).item()  # without the accumulated count: this batch's mean
         assert mean == pytest.approx(full.item(), rel=1e-5)
@@ -384,8 +410,16 @@ def test_two_ddp_ranks_on_cpu_through_accelerate_launch(tmp_path):
     write_jsonl(
         tmp_path / "ddp" / "mathscaleqa.jsonl", [dict(r, id=f"{r['id']}{i}") for i in range(9) for r in ROWS]
     )
-    cfg = _cfg(grad_accum=2, max_steps=None, epochs=1, warmup_ratio=0.0, packing=True, launcher="accelerate",
-               num_processes=2, accelerate_config="configs/accelerate/cpu_ddp_2proc.yaml")  # fmt: skip
+    cfg = _cfg(
+        grad_accum=2,
+        max_steps=None,
+        epochs=1,
+        warmup_ratio=0.0,
+        packing=True,
+        launcher="accelerate",
+        num_processes=2,
+        accelerate_config="configs/accelerate/cpu_ddp_2proc.yaml",
+    )
     seen, lines = [], []
 
     class Seen:  # what a notebook's live plot gets while the ranks train
@@ -398,8 +432,10 @@ def test_two_ddp_ranks_on_cpu_through_accelerate_launch(tmp_path):
     assert (card["world_size"], card["distributed"], card["backend"]) == (2, "MULTI_CPU", "gloo")
     assert (card["n_examples"], card["effective_batch"], card["steps"]) == (16, 8, 2)
     tok = ft.load_tokenizer(cfg)
-    train_rows, _ = ft.split_rows(read_jsonl(run.mathscaleqa), cfg)
-    tokens = [len(ft.encode_example(tok, r["question"], r["solution"], 128)["input_ids"]) for r in train_rows]
+    train_rows, _ = tex.split_rows(read_jsonl(run.mathscaleqa), cfg)
+    tokens = [
+        len(tex.encode_example(tok, r["question"], r["solution"], 128)["input_ids"]) for r in train_rows
+    ]
     assert card["tokens_seen"] == sum(tokens)
     assert [r["step"] for r in read_jsonl(run.loss)] == [1, 2]
     assert (run.adapter / "adapter_model.safetensors").exists() and run.training_card_md.exists()
@@ -407,8 +443,13 @@ def test_two_ddp_ranks_on_cpu_through_accelerate_launch(tmp_path):
     assert (
         "rank 0/2 trained" in log and "rank 1/2 trained" in log and log.count("rank 0 saved the adapter") == 1
     )
-    single = {"grad_accum": 4, "launcher": "none", "num_processes": 1, "accelerate_config": None,
-              "train_file": str(run.mathscaleqa)}  # fmt: skip
+    single = {
+        "grad_accum": 4,
+        "launcher": "none",
+        "num_processes": 1,
+        "accelerate_config": None,
+        "train_file": str(run.mathscaleqa),
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank had: two OMP threads on 2 busy cores are several times slower
     try:
@@ -450,7 +491,7 @@ def test_full_finetuning_saves_a_loadable_model(tmp_path):
     params = dict(tuned.named_parameters())
     changed = [n for n, p in params.items() if not torch.equal(p, base[n])]
     assert len(changed) > 0.9 * len(params)
-    enc = tok([ft.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt")
+    enc = tok([tex.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt")
     assert tuned.generate(**enc, max_new_tokens=4, do_sample=False).shape[1] > enc["input_ids"].shape[1]
 
 
@@ -466,5 +507,5 @@ def test_qlora_on_gpu(tmp_path):
 
     model, tok = ft.load_base(cfg, quantize=True)
     model = PeftModel.from_pretrained(model, str(tmp_path / "adapter"))
-    enc = tok([ft.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt").to(model.device)
+    enc = tok([tex.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt").to(model.device)
     assert model.generate(**enc, max_new_tokens=8, do_sample=False).shape[1] > enc["input_ids"].shape[1]

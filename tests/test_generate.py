@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import GenerateConfig, LLMConfig
 from mathscale_utils.core.io import read_json, read_jsonl, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.core.params import ROOT, ParamsError, load_params, parse_params
 from mathscale_utils.method import filters, reply_format
 from mathscale_utils.method import generate as gen
@@ -415,8 +416,18 @@ def test_minhash_dedup_reports_kept_id():
 
 def _raw(cid, status="ok", q=None, reason=None, first=None):
     q = q or question_for(cid)
-    return {"composition_id": cid, "status": status, "reason": reason, "first_reason": first, "question": q if status == "ok" else None,
-            "solution": "s. The answer is 1.", "answer": "1", "topics": ["T"], "knowledge_points": ["K"], "prompt_hash": "h"}  # fmt: skip
+    return {
+        "composition_id": cid,
+        "status": status,
+        "reason": reason,
+        "first_reason": first,
+        "question": q if status == "ok" else None,
+        "solution": "s. The answer is 1.",
+        "answer": "1",
+        "topics": ["T"],
+        "knowledge_points": ["K"],
+        "prompt_hash": "h",
+    }
 
 
 def test_funnel_counts_add_up_with_every_filter():
@@ -487,8 +498,22 @@ def test_params_section_validates(tmp_path):
 # end to end against a loopback server
 # ----------------------------------------------------------------------------------------------------------------
 
-E2E_MODES = ["ok", "malformed-once", "ok", "malformed-always", "noanswer", "truncated", "boxed", "exact", "ngram",
-             "dupsrc", "dup", "ok", "checkwrong", "ok"]  # fmt: skip
+E2E_MODES = [
+    "ok",
+    "malformed-once",
+    "ok",
+    "malformed-always",
+    "noanswer",
+    "truncated",
+    "boxed",
+    "exact",
+    "ngram",
+    "dupsrc",
+    "dup",
+    "ok",
+    "checkwrong",
+    "ok",
+]
 
 
 def test_end_to_end_funnel_exports_and_no_repeat(tmp_path, no_data_env):
@@ -508,8 +533,12 @@ def test_end_to_end_funnel_exports_and_no_repeat(tmp_path, no_data_env):
         rows = read_jsonl(run_dir / "mathscaleqa.jsonl")
         funnel = [(f["step"], f["kept"], f["removed"]) for f in summary["funnel"]]
         assert summary["funnel_adds_up"] and funnel_adds_up(funnel)
-        assert funnel[:4] == [("compositions", 14, 0), ("teacher replied", 14, 0), ("parsed (one retry)", 12, 2),
-                              ("answer check (teacher re-solve)", 11, 1)]  # fmt: skip
+        assert funnel[:4] == [
+            ("compositions", 14, 0),
+            ("teacher replied", 14, 0),
+            ("parsed (one retry)", 12, 2),
+            ("answer check (teacher re-solve)", 11, 1),
+        ]
         assert funnel[4][1:] == (9, 2) and funnel[5][1:] == (8, 1)
         assert summary["rejections"] == {"no_question": 1, "no_final_answer": 1}
         assert summary["first_attempt_rejections"] == {"no_question": 2, "no_final_answer": 1, "truncated": 1}
@@ -529,8 +558,19 @@ def test_end_to_end_funnel_exports_and_no_repeat(tmp_path, no_data_env):
             r["id"] for r in gen_rows
         }  # retried and boxed ones kept
         for r in rows:
-            assert set(r) == {"id", "question", "solution", "answer", "topics", "knowledge_points", "composition_id",
-                              "teacher_model", "prompt_hash", "source", "check_agrees"}  # fmt: skip
+            assert set(r) == {
+                "id",
+                "question",
+                "solution",
+                "answer",
+                "topics",
+                "knowledge_points",
+                "composition_id",
+                "teacher_model",
+                "prompt_hash",
+                "source",
+                "check_agrees",
+            }
             assert "answer is" in r["solution"].strip().split("\n")[-1].lower()
         assert all(r["teacher_model"] == "fake-model" and r["check_agrees"] is True for r in gen_rows)
         hf = datasets.load_from_disk(str(run_dir / "mathscaleqa_hf"))
@@ -572,8 +612,22 @@ def test_resume_after_kill_repeats_and_loses_nothing(tmp_path, no_data_env):
         params = make_run(tmp_path, fake.base_url, modes, decontaminate=False, shard_size=4)
         P = load_params(params)
         env = {k: v for k, v in os.environ.items() if k != "MATHSCALE_DATA_DIR"}
-        proc = subprocess.Popen([sys.executable, "-m", "mathscale_utils.runs.chain", str(params), "--only", "03", "--engine", "python"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mathscale_utils.runs.chain",
+                str(params),
+                "--only",
+                "03",
+                "--engine",
+                "python",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 60
             cache = P.run_dir / "cache" / "llm_cache.jsonl"
@@ -619,8 +673,14 @@ def test_notebook_runs_headless(tmp_path, no_data_env):
 
         save_graph(build_graph(make_seeds()), load_params(params).run_dir)  # coverage is measured against it
         out = tmp_path / "03.ipynb"
-        pm.execute_notebook(str(ROOT / "notebooks" / "03_generate_questions.ipynb"), str(out), parameters={"params_file": str(params)},
-                            kernel_name=ensure_kernel(), cwd=str(ROOT), progress_bar=False)  # fmt: skip
+        pm.execute_notebook(
+            str(ROOT / "notebooks" / "03_generate_questions.ipynb"),
+            str(out),
+            parameters={"params_file": str(params)},
+            kernel_name=ensure_kernel(),
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
         run_dir = load_params(params).run_dir
         summary = read_json(run_dir / "generate_summary.json")
         assert summary["funnel_adds_up"] and summary["counts"]["generated_kept"] == 6

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import networkx as nx
 import pytest
 
-from mathscale_utils.core.config import GraphConfig
 from mathscale_utils.core.io import read_json
+from mathscale_utils.core.method_config import GraphConfig
 from mathscale_utils.method.graph import (
     build_graph,
     central_nodes,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from mathscale_utils.core.artifacts import CompositionRow, Record, stage
-from mathscale_utils.core.config import GenerateConfig, LLMConfig
 from mathscale_utils.core.io import DataError, read_jsonl, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.core.params import Params
 from mathscale_utils.evaluation import mwpbench
 from mathscale_utils.inference.llm import LLM
@@ -24,8 +25,13 @@ SEEDS = [
     ("s2", "A train covers 60 km in 1.5 hours.", "40", ["Arithmetic", "Rates"], ["Addition", "Speed"]),
     ("s3", "A car drives 30 km/h for 2 h.", "60", ["Rates"], ["Speed", "Multiplication"]),
 ]
-WALK = CompositionRow(id="c0000001", topics=["Rates", "Arithmetic"], knowledge_points=["Speed", "Addition"],
-                      start_topic="Rates", epoch=0)  # fmt: skip
+WALK = CompositionRow(
+    id="c0000001",
+    topics=["Rates", "Arithmetic"],
+    knowledge_points=["Speed", "Addition"],
+    start_topic="Rates",
+    epoch=0,
+)
 TEACHER_REPLY = (
     "Question: A bus goes 40 km/h for 2 h, then 10 km more. How far?\n"
     "Solution: 40*2 = 80, 80 + 10 = 90. The answer is 90"
@@ -61,8 +67,12 @@ def _export_pairs(P: Params, raw: list[dict]) -> None:
 @pytest.fixture
 def params(tmp_path, fake_openai) -> Params:
     """A run through stages 01, 02, 03 and 05, each file written as the stage writes it."""
-    P = Params(run_name="run", outputs_dir=str(tmp_path), generate=GENERATE,
-               llm=LLMConfig(model="teacher-x", base_url=fake_openai.base_url))  # fmt: skip
+    P = Params(
+        run_name="run",
+        outputs_dir=str(tmp_path),
+        generate=GENERATE,
+        llm=LLMConfig(model="teacher-x", base_url=fake_openai.base_url),
+    )
     run, min_count = P.run, P.extract.min_count
     extractions = [
         concepts.Extraction(Record(sid, "custom", "custom", q, a), topics, kps, attempts=1)

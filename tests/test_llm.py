@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.inference.chat import ChatRequest, HTTPError, parse_json_reply
 from mathscale_utils.inference.ledger import BudgetExceeded
 from mathscale_utils.inference.llm import LLM

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_json
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import ParamsError, parse_params
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.ledger import BudgetExceeded

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.inference import llama_build, weights
 from mathscale_utils.inference.chat import ChatRequest, parse_json_reply
 from mathscale_utils.inference.llama_build import PORTABLE_CMAKE_ARGS, llama_dir, server_binary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.config import EvalConfig
+from mathscale_utils.core.student_config import EvalConfig
 from mathscale_utils.core.templates import STOP_STRINGS
 from mathscale_utils.evaluation.mwpbench import cap_per_task, compute_metrics
 
@@ -15,9 +15,18 @@ from mathscale_utils.evaluation.mwpbench import cap_per_task, compute_metrics
 
 def test_stop_strings_and_defaults():
     assert STOP_STRINGS == (
-        "Question:", "Question", "USER:", "USER", "ASSISTANT:", "ASSISTANT",
-        "Instruction:", "Instruction", "Response:", "Response", "</s>",
-    )  # fmt: skip
+        "Question:",
+        "Question",
+        "USER:",
+        "USER",
+        "ASSISTANT:",
+        "ASSISTANT",
+        "Instruction:",
+        "Instruction",
+        "Response:",
+        "Response",
+        "</s>",
+    )
     cfg = EvalConfig()
     assert cfg.template == "alpaca" and cfg.max_tokens == 2048 and cfg.cap_per_task == 2000
     assert cfg.stop == list(STOP_STRINGS) and cfg.use_adapter is True and cfg.include_fresh_gaokao is False
@@ -113,8 +122,13 @@ def test_cap_per_task_keeps_file_order():
 def _judged(i, completion, gold, dataset="gsm8k"):
     from mathscale_utils.grading.judges import judge
 
-    return {"id": f"{dataset}.{i}", "dataset": dataset, "gold": gold, "completion": completion,
-            **judge(completion, gold)}  # fmt: skip
+    return {
+        "id": f"{dataset}.{i}",
+        "dataset": dataset,
+        "gold": gold,
+        "completion": completion,
+        **judge(completion, gold),
+    }
 
 
 def test_disagreement_kinds_and_summary():

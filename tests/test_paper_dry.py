@@ -29,12 +29,18 @@ def teacher(body: dict) -> str:
         text = prompt.lower()
         hits = [w for w in WORDS if w in text] or ["arithmetic"]
         h = int(hashlib.sha256(text.encode()).hexdigest(), 16)
-        return json.dumps({"topics": [f"Topic {hits[0]}"],
-                           "knowledge_points": [f"KP {hits[0]}", f"KP shared {h % 4}", f"KP {h % 97}"]})  # fmt: skip
+        return json.dumps(
+            {
+                "topics": [f"Topic {hits[0]}"],
+                "knowledge_points": [f"KP {hits[0]}", f"KP shared {h % 4}", f"KP {h % 97}"],
+            }
+        )
     kps = re.findall(r"^- (.+)$", prompt.split("Knowledge Points:", 1)[-1].split("Reply in", 1)[0], re.M)[:2]
     n = len(prompt) % 50 + 2
-    return (f"Question: A class uses {' and '.join(kps)}. If each of {n} students solves 3 problems, how many problems "
-            f"are solved?\nSolution: {n} students x 3 = {3 * n} problems.\nThe answer is {3 * n}")  # fmt: skip
+    return (
+        f"Question: A class uses {' and '.join(kps)}. If each of {n} students solves 3 problems, how many problems "
+        f"are solved?\nSolution: {n} students x 3 = {3 * n} problems.\nThe answer is {3 * n}"
+    )
 
 
 @pytest.mark.slow
@@ -50,8 +56,10 @@ def test_the_paper_path_runs_end_to_end_and_a_second_student_is_asked_afresh(tmp
     P = load_params(params)
     assert manifest["status"] == "ok" and [manifest["stages"][s]["status"] for s in STAGE_IDS] == ["ok"] * 6
     extract = read_json(P.run.extract_summary)
-    assert extract["min_count"] == 2 and 0 < extract["knowledge_points_after_filter"] < extract[
-        "knowledge_points_before_filter"]  # fmt: skip
+    assert (
+        extract["min_count"] == 2
+        and 0 < extract["knowledge_points_after_filter"] < extract["knowledge_points_before_filter"]
+    )
     assert {r["source"] for r in read_jsonl(P.run.concepts)} >= {"gsm8k", "MATH"}
     assert read_json(P.run.compositions_stats)["kept"] == 6
     card = read_json(P.run.training_card)

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from mathscale_utils.core.artifacts import CompositionRow, Record, RunDir, stage
-from mathscale_utils.core.config import GenerateConfig, LLMConfig
 from mathscale_utils.core.io import read_json, write_json, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.core.params import Params
 from mathscale_utils.core.templates import fill_template
 from mathscale_utils.evaluation import mwpbench
@@ -57,21 +58,46 @@ def make_run(server, root, name, pairs, answers, setting=None, sweep="sw", unusa
     compositions the teacher fails twice) through the LLM client, stage 05's metrics of `answers` (see
     predictions), and the chain's manifest with stage 03's wall time and LLM usage."""
     tags = {"sweep": sweep, "setting": setting} if setting else {}
-    P = Params(run_name=name, outputs_dir=str(root), tags=tags, generate=GENERATE,
-               llm=LLMConfig(model="teacher", base_url=server.base_url))  # fmt: skip
+    P = Params(
+        run_name=name,
+        outputs_dir=str(root),
+        tags=tags,
+        generate=GENERATE,
+        llm=LLMConfig(model="teacher", base_url=server.base_url),
+    )
     run, min_count = P.run, P.extract.min_count
     extractions = [
-        concepts.Extraction(Record(f"s{i}", "custom", "custom", f"Seed question {i}?", str(i)),
-                            [f"t{i}"], [f"k{i}", "k"], attempts=1)
+        concepts.Extraction(
+            Record(f"s{i}", "custom", "custom", f"Seed question {i}?", str(i)),
+            [f"t{i}"],
+            [f"k{i}", "k"],
+            attempts=1,
+        )
         for i in range(4)
-    ]  # fmt: skip
+    ]
     seeds = concepts.to_rows(extractions, min_count)
     write_jsonl(run.concepts, seeds)
     concepts.write_summary(run, extractions, min_count)
-    comps = [CompositionRow(id=f"c{i:07d}", topics=["Counting"], knowledge_points=[f"Counting to {i}"],
-                            start_topic="Counting", epoch=0) for i in range(pairs)]  # fmt: skip
-    comps += [CompositionRow(id=f"u{i:07d}", topics=["Counting"], knowledge_points=[UNUSABLE_KP, f"KP {i}"],
-                             start_topic="Counting", epoch=0) for i in range(unusable)]  # fmt: skip
+    comps = [
+        CompositionRow(
+            id=f"c{i:07d}",
+            topics=["Counting"],
+            knowledge_points=[f"Counting to {i}"],
+            start_topic="Counting",
+            epoch=0,
+        )
+        for i in range(pairs)
+    ]
+    comps += [
+        CompositionRow(
+            id=f"u{i:07d}",
+            topics=["Counting"],
+            knowledge_points=[UNUSABLE_KP, f"KP {i}"],
+            start_topic="Counting",
+            epoch=0,
+        )
+        for i in range(unusable)
+    ]
     server.answer = teacher
     with LLM.for_stage(P, stage("03").label, progress=False) as llm:
         raw = gen.generate_shards(run, comps, gen.FewShotIndex(seeds), llm, GENERATE, P.seed, log=_quiet)
@@ -219,9 +245,14 @@ def test_notebook_06_draws_an_ablation_sweep(tmp_path, fake_openai):
     params.write_text(
         f"run_name: sw-full\noutputs_dir: {out}\nllm:\n  model: smollm2-135m-instruct\nextract:\n  coverage_sample: 0\n"
     )
-    pm.execute_notebook(str(ROOT / "notebooks" / "06_scaling_curves.ipynb"), str(tmp_path / "06.ipynb"),
-                        parameters={"params_file": str(params)}, kernel_name=ensure_kernel(), cwd=str(ROOT),
-                        progress_bar=False)  # fmt: skip
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "06_scaling_curves.ipynb"),
+        str(tmp_path / "06.ipynb"),
+        parameters={"params_file": str(params)},
+        kernel_name=ensure_kernel(),
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
     run = RunDir(out / "sw-full")
     summary = read_json(run.scaling_summary)
     assert {r["setting"]: r["relative_change_%"] for r in summary["ablation"]} == {

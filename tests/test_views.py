@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from mathscale_utils.core.config import ComposeConfig, ViewsConfig
+from mathscale_utils.core.method_config import ComposeConfig, ViewsConfig
 from mathscale_utils.method.compose import compose
 from mathscale_utils.method.graph import (
     build_graph,

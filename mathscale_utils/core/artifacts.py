@@ -111,18 +111,49 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("01", "extract", "01_extract_concepts.ipynb", "extract_summary",
-          ("concepts", "concept_frequencies", "top_concepts_png"), llm=True),
-    Stage("02", "graph", "02_concept_graph.ipynb", "graph_summary",
-          ("graph", "compositions", "compositions_stats", "degree_png", "heatmap_png")),
-    Stage("03", "generate", "03_generate_questions.ipynb", "generate_summary",
-          ("mathscaleqa", "dataset_card", "funnel_png"), llm=True),
-    Stage("04", "finetune", "04_finetune.ipynb", "training_card",
-          ("adapter", "training_card_md", "loss"), llm=True),
-    Stage("05", "evaluate", "05_mwpbench_eval.ipynb", "metrics",
-          ("predictions", "accuracy_png", "fresh_gaokao_check"), llm=True),
-    Stage("06", "scaling", "06_scaling_curves.ipynb", "scaling_summary", ("scaling_png", "concept_growth_png")),
-)  # fmt: skip
+    Stage(
+        "01",
+        "extract",
+        "01_extract_concepts.ipynb",
+        "extract_summary",
+        ("concepts", "concept_frequencies", "top_concepts_png"),
+        llm=True,
+    ),
+    Stage(
+        "02",
+        "graph",
+        "02_concept_graph.ipynb",
+        "graph_summary",
+        ("graph", "compositions", "compositions_stats", "degree_png", "heatmap_png"),
+    ),
+    Stage(
+        "03",
+        "generate",
+        "03_generate_questions.ipynb",
+        "generate_summary",
+        ("mathscaleqa", "dataset_card", "funnel_png"),
+        llm=True,
+    ),
+    Stage(
+        "04",
+        "finetune",
+        "04_finetune.ipynb",
+        "training_card",
+        ("adapter", "training_card_md", "loss"),
+        llm=True,
+    ),
+    Stage(
+        "05",
+        "evaluate",
+        "05_mwpbench_eval.ipynb",
+        "metrics",
+        ("predictions", "accuracy_png", "fresh_gaokao_check"),
+        llm=True,
+    ),
+    Stage(
+        "06", "scaling", "06_scaling_curves.ipynb", "scaling_summary", ("scaling_png", "concept_growth_png")
+    ),
+)
 STAGE_IDS: tuple[str, ...] = tuple(s.id for s in STAGES)
 
 
@@ -159,8 +190,15 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
-        return cls(id=str(d["id"]), dataset=d["dataset"], data_topic=d["data_topic"], question=d["question"],
-                   answer=d["answer"], solution=d.get("solution"), meta=dict(d.get("meta") or {}))  # fmt: skip
+        return cls(
+            id=str(d["id"]),
+            dataset=d["dataset"],
+            data_topic=d["data_topic"],
+            question=d["question"],
+            answer=d["answer"],
+            solution=d.get("solution"),
+            meta=dict(d.get("meta") or {}),
+        )
 
 
 class ConceptRow(TypedDict):

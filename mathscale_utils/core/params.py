@@ -1,9 +1,9 @@
 """The one params loader: one YAML file per experiment, validated before anything runs.
 
-Every stage reads the same file; ``Params`` gathers the sections defined in ``config.py``, and neither module imports
-a stage: the stages import their section from ``config``. Unknown
-keys, wrong types and missing files are reported with the key path and the line in the YAML file. Secrets never live
-here: API keys come from environment variables only.
+Every stage reads the same file; ``Params`` gathers the sections defined in ``llm_config.py`` (the ``llm:`` section),
+``method_config.py`` (stages 01-03) and ``student_config.py`` (04-06), and each stage imports only its own section.
+Unknown keys, wrong types and missing files are reported with the key path and the line in the YAML file. Secrets
+never live here: API keys come from environment variables only.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mathscale_utils.core.artifacts import STAGE_IDS, RunDir
-from mathscale_utils.core.config import (
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import (
     ComposeConfig,
-    EvalConfig,
     ExtractConfig,
-    FinetuneConfig,
     GenerateConfig,
     GraphConfig,
-    LLMConfig,
-    ScalingConfig,
     ViewsConfig,
 )
+from mathscale_utils.core.student_config import EvalConfig, FinetuneConfig, ScalingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -45,3 +45,9 @@ def fill_template(template: str, question: str) -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[template].replace("{question}", question)
+
+
+def alpaca_prompt(question: str) -> str:
+    """The evaluation template `alpaca` (METHOD.md §8.1): nothing after "### Response:". The student is trained on
+    it (stage 04) and asked with it (stage 05)."""
+    return fill_template("alpaca", question)

@@ -75,8 +75,12 @@ COLLEGE_MATH_TOPICS: tuple[str, ...] = (
 
 # The five known keywords of the paper's multiple-choice filter (the sixth is unknown; see the module docstring).
 MC_FILTER_KEYWORDS: tuple[str, ...] = (
-    "which of the following", "which one", "which is", "the following", "which statement",
-)  # fmt: skip
+    "which of the following",
+    "which one",
+    "which is",
+    "the following",
+    "which statement",
+)
 
 # Relative locations of the shared data files.
 SOURCE_FILES: dict[str, str] = {

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.config import SeedsConfig
 from mathscale_utils.core.io import DataError
+from mathscale_utils.core.method_config import SeedsConfig
 from mathscale_utils.core.params import resolve_path
 from mathscale_utils.data.benchmarks import CUSTOM, read_dataset, read_official
 

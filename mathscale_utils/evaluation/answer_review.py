@@ -92,13 +92,16 @@ def disagreement_kind(row: dict) -> str:
 
 
 _NUMERIC_KINDS = (  # what the strict judge read, when it read one number
-    (r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fifteen|twenty|thirty"
-     r"|forty|fifty|sixty|seventy|eighty|ninety|hundred)\b", "number in words"),
+    (
+        r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fifteen|twenty|thirty"
+        r"|forty|fifty|sixty|seventy|eighty|ninety|hundred)\b",
+        "number in words",
+    ),
     (r"\d(?:,|\{,\}|\\,|\\!)+\d{3}", "thousands separator"),
     (r"%|percent", "percent"),
     (r"\$|dollar", "money"),
     (r"(?i)[a-z]{2,}", "units or words with the number"),
-)  # fmt: skip
+)
 
 
 def disagreement_kinds(rows: Iterable[dict]) -> list[dict]:

@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import Record, RunDir
-from mathscale_utils.core.config import EvalConfig
 from mathscale_utils.core.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl
 from mathscale_utils.core.params import resolve_path
+from mathscale_utils.core.student_config import EvalConfig
 from mathscale_utils.core.templates import fill_template
 from mathscale_utils.data.benchmarks import (
     FRESH_GAOKAO,
@@ -405,7 +405,15 @@ def write_metrics(
 ) -> dict[str, Any]:
     """Write metrics.json (stage 05's summary, which stage 06 reads): the settings, the student that answered (model,
     adapter, why that one), warnings, LLM usage and anything else the stage records, then :func:`compute_metrics`."""
-    out = {"config": cfg.model_dump(), "model": model, "adapter": adapter, "why": why, "warnings": list(warnings),
-           **extra, "llm": usage or {}, **metrics}  # fmt: skip
+    out = {
+        "config": cfg.model_dump(),
+        "model": model,
+        "adapter": adapter,
+        "why": why,
+        "warnings": list(warnings),
+        **extra,
+        "llm": usage or {},
+        **metrics,
+    }
     write_json(RunDir(run_dir).metrics, out)
     return out

@@ -35,9 +35,20 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_drop_timeout_notice)
 
 __all__ = [
-    "SYMBOLIC_SECONDS", "SymbolicTimeout", "time_limit", "too_costly", "is_textual", "symbolic_equal", "structure",
-    "answers_equivalent", "StrictVerdict", "strict_judge", "judge", "JUDGES", "verdict_dict",
-]  # fmt: skip
+    "SYMBOLIC_SECONDS",
+    "SymbolicTimeout",
+    "time_limit",
+    "too_costly",
+    "is_textual",
+    "symbolic_equal",
+    "structure",
+    "answers_equivalent",
+    "StrictVerdict",
+    "strict_judge",
+    "judge",
+    "JUDGES",
+    "verdict_dict",
+]
 
 # ================================================================================================================
 # the strict judge: the declared answer, compared by value (answers.py, then math-verify)

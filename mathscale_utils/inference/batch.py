@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mathscale_utils.core.config import BatchConfig, LLMConfig
 from mathscale_utils.core.io import read_json, write_json, write_jsonl
+from mathscale_utils.core.llm_config import BatchConfig, LLMConfig
 from mathscale_utils.inference.cache import ReplyCache, model_id
 from mathscale_utils.inference.chat import LOCAL_API_KEY, ChatRequest, request_body
 from mathscale_utils.inference.ledger import SpendLedger
@@ -235,8 +235,13 @@ class BatchRunner:
     def report(self, wanted: dict[str, ChatRequest], cached_before: int = 0) -> dict:
         cached = sum(self.cache.get(k) is not None for k in wanted)
         pending = {k for j in self._active() for k in self._job_keys(j)} & set(wanted)
-        given_up = {k: self.state["failures"][k]["error"] for k in wanted if k in self.state["failures"]
-                    and self._failures(k) >= self.cfg.max_rounds and self.cache.get(k) is None}  # fmt: skip
+        given_up = {
+            k: self.state["failures"][k]["error"]
+            for k in wanted
+            if k in self.state["failures"]
+            and self._failures(k) >= self.cfg.max_rounds
+            and self.cache.get(k) is None
+        }
         rep = {
             "requested": len(wanted),
             "cached_before": cached_before,
@@ -300,10 +305,19 @@ class BatchRunner:
         for chunk in self._chunks(lines):
             n = len(self.jobs) + 1
             rnd = 1 + max(self._failures(line["custom_id"]) for line in chunk)
-            job = {"id": f"job-{n:04d}", "request_file": f"requests-{n:04d}.jsonl", "n": len(chunk), "round": rnd,
-                   "est_usd": round(est * len(chunk) / len(lines), 6),
-                   "desc": desc, "status": "new", "collected": False, "input_file_id": None, "batch_id": None,
-                   "created": time.time()}  # fmt: skip
+            job = {
+                "id": f"job-{n:04d}",
+                "request_file": f"requests-{n:04d}.jsonl",
+                "n": len(chunk),
+                "round": rnd,
+                "est_usd": round(est * len(chunk) / len(lines), 6),
+                "desc": desc,
+                "status": "new",
+                "collected": False,
+                "input_file_id": None,
+                "batch_id": None,
+                "created": time.time(),
+            }
             write_jsonl(self.dir / job["request_file"], chunk)
             self._keys_cache[job["id"]] = [line["custom_id"] for line in chunk]
             self.jobs.append(job)

@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 from typing import IO
 
-from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.inference.chat import ChatResult
 
 CACHE_FILE = "llm_cache.jsonl"

@@ -32,8 +32,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import DataError, read_json, write_json
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.inference.chat import ChatRequest, ChatResult
 
 COUNTERS = ("requests", "attempts", "retries", "cache_hits", "failures", "prompt_tokens", "completion_tokens")

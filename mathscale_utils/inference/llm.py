@@ -41,7 +41,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from tqdm.auto import tqdm
 from yarl import URL
 
-from mathscale_utils.core.config import LLMConfig
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params
 from mathscale_utils.inference.batch import BatchRunner
 from mathscale_utils.inference.cache import ReplyCache, model_id

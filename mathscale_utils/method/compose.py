@@ -36,8 +36,8 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.core.artifacts import CompositionRow, RunDir
-from mathscale_utils.core.config import ComposeConfig
 from mathscale_utils.core.io import read_jsonl, write_json, write_jsonl
+from mathscale_utils.core.method_config import ComposeConfig
 from mathscale_utils.method.graph import EDGE_KINDS, KP, TOPIC, nodes_of_type
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import Record, RunDir
-from mathscale_utils.core.config import ExtractConfig
 from mathscale_utils.core.io import write_json
+from mathscale_utils.core.method_config import ExtractConfig
 from mathscale_utils.inference.chat import ChatRequest, ChatResult, Unusable, ask_validated, parse_json_reply
 from mathscale_utils.inference.llm import LLM
 
@@ -240,8 +240,13 @@ def write_summary(
 ) -> dict:
     """Write extract_summary.json (stage 01's summary, which stage 06 reads): :func:`summary`'s counts, the test
     questions extracted for coverage, the seeds' warnings, the LLM usage and anything else the stage records."""
-    out = {**summary(extractions, min_count), "test_questions": test_questions, "warnings": list(warnings),
-           **extra, "llm": usage or {}}  # fmt: skip
+    out = {
+        **summary(extractions, min_count),
+        "test_questions": test_questions,
+        "warnings": list(warnings),
+        **extra,
+        "llm": usage or {},
+    }
     write_json(RunDir(run_dir).extract_summary, out)
     return out
 
@@ -253,8 +258,11 @@ def plot_top_concepts(table: list[dict], min_count: int, top: int = 15):
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, kind in zip(axes, ["topic", "knowledge_point"], strict=True):
         rows = [r for r in table if r["type"] == kind][:top][::-1]
-        ax.barh([r["concept"] for r in rows], [r["count"] for r in rows],
-                color=["tab:blue" if r["kept"] else "tab:gray" for r in rows])  # fmt: skip
+        ax.barh(
+            [r["concept"] for r in rows],
+            [r["count"] for r in rows],
+            color=["tab:blue" if r["kept"] else "tab:gray" for r in rows],
+        )
         ax.set_title(f"most common {kind.replace('_', ' ')}s")
         ax.set_xlabel("seed questions")
     fig.suptitle(f"grey: dropped by the frequency filter (fewer than {min_count} seed questions)")

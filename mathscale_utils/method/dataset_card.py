@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import RunDir, stage
-from mathscale_utils.core.config import GenerateConfig, LLMConfig
 from mathscale_utils.core.io import DataError, read_json, write_json, write_jsonl, write_text
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.method.filters import Assembly, funnel_adds_up
 from mathscale_utils.method.reply_format import PROMPT, RETRY, template_hash
 
@@ -153,12 +154,20 @@ def dataset_card(
         ]
         out += [f"- {n}" for n in ts["notes"]]
         if asm.decontamination:
-            out += ["", _md_table(["removed id", "kind", "test item", "shared text"],
-                                  [(h["id"], h["kind"], h["test_id"], h["ngram"][:80]) for h in asm.decontamination[:20]])]  # fmt: skip
+            out += [
+                "",
+                _md_table(
+                    ["removed id", "kind", "test item", "shared text"],
+                    [(h["id"], h["kind"], h["test_id"], h["ngram"][:80]) for h in asm.decontamination[:20]],
+                ),
+            ]
         out.append("")
     if cfg.dedup:
-        out += [f"Near-duplicates (MinHash LSH, {cfg.num_perm} permutations, {cfg.dedup_shingle}-word shingles, "
-                f"Jaccard >= {cfg.dedup_threshold}): removed {len(asm.duplicates)}.", ""]  # fmt: skip
+        out += [
+            f"Near-duplicates (MinHash LSH, {cfg.num_perm} permutations, {cfg.dedup_shingle}-word shingles, "
+            f"Jaccard >= {cfg.dedup_threshold}): removed {len(asm.duplicates)}.",
+            "",
+        ]
     out += [
         "## Prompt",
         "",
@@ -222,8 +231,17 @@ def batch_summary(run_dir: str | Path) -> dict:
     return {"batch": {"usage": st.get("usage"), "jobs": jobs}}
 
 
-def export(run_dir: str | Path, asm: Assembly, cfg: GenerateConfig, llm_cfg: LLMConfig, seeds: Sequence[dict], seed: int,
-           estimate: dict | None = None, usage: dict | None = None, extra: dict | None = None) -> dict:  # fmt: skip
+def export(
+    run_dir: str | Path,
+    asm: Assembly,
+    cfg: GenerateConfig,
+    llm_cfg: LLMConfig,
+    seeds: Sequence[dict],
+    seed: int,
+    estimate: dict | None = None,
+    usage: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Write mathscaleqa.jsonl, the HF copy, the hit lists, generate_summary.json and dataset_card.md."""
     run = RunDir(run_dir)
     write_jsonl(run.mathscaleqa, asm.rows)

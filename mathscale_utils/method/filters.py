@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from mathscale_utils.core.artifacts import stage
-from mathscale_utils.core.config import GenerateConfig
 from mathscale_utils.core.io import DataError
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.data.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
 from mathscale_utils.grading.answers import final_answer, normalise, number_value
 from mathscale_utils.grading.judges import answers_equivalent
@@ -196,8 +196,15 @@ class Decontaminator:
 
     def _hit(self, gid: str, question: str, kind: str, t: int, shared: str) -> dict:
         item = self.items[t]
-        return {"id": gid, "kind": kind, "test_id": item.id, "test_dataset": item.dataset, "ngram": shared,
-                "question": question, "test_question": item.question}  # fmt: skip
+        return {
+            "id": gid,
+            "kind": kind,
+            "test_id": item.id,
+            "test_dataset": item.dataset,
+            "ngram": shared,
+            "question": question,
+            "test_question": item.question,
+        }
 
 
 def load_test_questions(
@@ -357,8 +364,13 @@ def filter_and_assemble(
     if cfg.answer_check:
         checks = checks or {}
         agree = sum(1 for r in ok if checks.get(r["composition_id"], {}).get("agrees"))
-        check_stats.update(action=cfg.answer_check_action, checked=len(ok), agree=agree, disagree=len(ok) - agree,
-                           agreement_rate=round(agree / len(ok), 4) if ok else None)  # fmt: skip
+        check_stats.update(
+            action=cfg.answer_check_action,
+            checked=len(ok),
+            agree=agree,
+            disagree=len(ok) - agree,
+            agreement_rate=round(agree / len(ok), 4) if ok else None,
+        )
         if cfg.answer_check_action == "drop":
             kept = [r for r in ok if checks.get(r["composition_id"], {}).get("agrees")]
             funnel.append(("answer check (teacher re-solve)", len(kept), len(ok) - len(kept)))
@@ -394,8 +406,13 @@ def filter_and_assemble(
 
     dups: list[dict] = []
     if cfg.dedup:
-        dups = near_duplicates([r["question"] for r in ok], [_gen_id(r["composition_id"]) for r in ok],
-                               cfg.dedup_threshold, cfg.num_perm, cfg.dedup_shingle)  # fmt: skip
+        dups = near_duplicates(
+            [r["question"] for r in ok],
+            [_gen_id(r["composition_id"]) for r in ok],
+            cfg.dedup_threshold,
+            cfg.num_perm,
+            cfg.dedup_shingle,
+        )
         gone = {d["id"] for d in dups}
         kept = [r for r in ok if _gen_id(r["composition_id"]) not in gone]
         funnel.append(

@@ -62,8 +62,9 @@ from typing import Any
 import numpy as np
 
 from mathscale_utils.core.artifacts import CompositionRow, ConceptRow, GeneratedRow, RunDir, stage
-from mathscale_utils.core.config import GenerateConfig, LLMConfig
 from mathscale_utils.core.io import DataError, read_json, read_jsonl, write_json, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
+from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.inference.chat import ChatRequest, ChatResult, Unusable, ask_validated
 from mathscale_utils.inference.llm import LLM
 from mathscale_utils.method.reply_format import (
@@ -269,10 +270,19 @@ def retry_request(first: ChatRequest, reply: str | None, reason: str, cfg: Gener
 def _fingerprint(cfg: GenerateConfig, model: str, seed: int, seeds_fp: str, comps: Sequence[dict]) -> str:
     """What a shard's rows depend on: settings, model, seed, prompt wording, the seed set and its compositions."""
     blob = json.dumps(
-        [model, seed, cfg.shots, cfg.temperature, cfg.max_tokens, template_hash(), seeds_fp,
-         [(c["id"], c["topics"], c["knowledge_points"]) for c in comps]],
-        sort_keys=True, ensure_ascii=False,
-    )  # fmt: skip
+        [
+            model,
+            seed,
+            cfg.shots,
+            cfg.temperature,
+            cfg.max_tokens,
+            template_hash(),
+            seeds_fp,
+            [(c["id"], c["topics"], c["knowledge_points"]) for c in comps],
+        ],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return _text_hash(blob)
 
 
@@ -335,9 +345,14 @@ def generate_shard(
     for p, a in zip(planned, asked, strict=True):
         row = _result_row(p, shard, fp)
         last = a.results[-1]
-        row.update(attempts=len(a.results), request_keys=[r.key for r in a.results], first_reason=a.first_problem,
-                   prompt_tokens=sum(r.prompt_tokens for r in a.results), finish_reason=last.finish_reason,
-                   completion_tokens=sum(r.completion_tokens for r in a.results))  # fmt: skip
+        row.update(
+            attempts=len(a.results),
+            request_keys=[r.key for r in a.results],
+            first_reason=a.first_problem,
+            prompt_tokens=sum(r.prompt_tokens for r in a.results),
+            finish_reason=last.finish_reason,
+            completion_tokens=sum(r.completion_tokens for r in a.results),
+        )
         if a.ok:
             q = a.value
             row.update(status="ok", question=q.question, solution=q.solution, answer=q.answer)

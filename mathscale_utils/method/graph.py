@@ -34,8 +34,8 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.core.artifacts import RunDir
-from mathscale_utils.core.config import GraphConfig
 from mathscale_utils.core.io import DataError, write_json, write_text
+from mathscale_utils.core.method_config import GraphConfig
 
 TOPIC = "topic"
 KP = "kp"

@@ -20,8 +20,8 @@ import networkx as nx
 
 from mathscale_utils.core.artifacts import RunDir
 from mathscale_utils.core.io import DataError, iter_jsonl, read_json, read_jsonl, write_text
+from mathscale_utils.core.templates import alpaca_prompt
 from mathscale_utils.method.graph import kp_id, topic_id
-from mathscale_utils.training.finetune import alpaca_prompt
 
 
 def _rows(path: Path) -> list[dict]:
@@ -163,8 +163,10 @@ def _student_section(run: RunDir) -> list[str]:
     before_after = _rows(run.before_after)
     c = _json(run.training_card)
     if c:
-        out += [f"The LoRA adapter trained {c.get('steps')} steps on {c.get('n_examples')} examples of "
-                f"`{c.get('base_model')}`."]  # fmt: skip
+        out += [
+            f"The LoRA adapter trained {c.get('steps')} steps on {c.get('n_examples')} examples of "
+            f"`{c.get('base_model')}`."
+        ]
     if before_after:
         r = before_after[0]
         out += [
@@ -202,8 +204,11 @@ def _student_section(run: RunDir) -> list[str]:
     ]
     if metrics:
         pj = metrics.get("paper", {})
-        out += ["", f"Over the {metrics.get('n_items')} evaluated items: micro {pj.get('micro', 0):.1f}%, "
-                    f"macro {pj.get('macro', 0):.1f}% (paper's judge)."]  # fmt: skip
+        out += [
+            "",
+            f"Over the {metrics.get('n_items')} evaluated items: micro {pj.get('micro', 0):.1f}%, "
+            f"macro {pj.get('macro', 0):.1f}% (paper's judge).",
+        ]
     return out
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from mathscale_utils.core.artifacts import RunDir
-from mathscale_utils.core.config import PAPER_PAIRS
 from mathscale_utils.core.io import DataError, read_json, read_jsonl
+from mathscale_utils.core.method_config import PAPER_PAIRS
 from mathscale_utils.evaluation.paper_tables import TABLE6, TABLE7, paper_row
 from mathscale_utils.grading.judges import JUDGES
 
@@ -57,8 +57,22 @@ PAPER_POINTS = [
 X = "train_rows"  # the curves' x: examples the student trained on (stage 04's card), generated and seed rows alike
 
 # the columns of a run that notebook 06 and scaling_summary.json show
-RUN_COLUMNS = ["run", "status", "setting", "seeds", "topics", "knowledge_points", "generated_pairs", "train_rows",
-               "train_steps", "eval_items", "paper_micro", "paper_macro", "strict_micro", "strict_macro"]  # fmt: skip
+RUN_COLUMNS = [
+    "run",
+    "status",
+    "setting",
+    "seeds",
+    "topics",
+    "knowledge_points",
+    "generated_pairs",
+    "train_rows",
+    "train_steps",
+    "eval_items",
+    "paper_micro",
+    "paper_macro",
+    "strict_micro",
+    "strict_macro",
+]
 
 
 def _read(path: Path) -> dict:
@@ -194,8 +208,14 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
             ax.plot(g["examples"].clip(lower=1), g["accuracy"], marker="o", label=label, **style)
     band = micro_interval(runs, judge) if len(groups) == 1 else pd.DataFrame()
     if not band.empty:
-        ax.fill_between(band["examples"].clip(lower=1), band["low"], band["high"], color="dimgray", alpha=0.15,
-                        label="micro, 95% interval (items)")  # fmt: skip
+        ax.fill_between(
+            band["examples"].clip(lower=1),
+            band["low"],
+            band["high"],
+            color="dimgray",
+            alpha=0.15,
+            label="micro, 95% interval (items)",
+        )
     if paper_points:
         for p in PAPER_POINTS:
             ax.scatter([p["examples"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)

@@ -38,8 +38,8 @@ import networkx as nx
 import numpy as np
 
 from mathscale_utils.core.artifacts import RunDir
-from mathscale_utils.core.config import ViewsConfig
 from mathscale_utils.core.io import write_text
+from mathscale_utils.core.method_config import ViewsConfig
 from mathscale_utils.method.graph import (
     KP,
     KP_COLOR,

