@@ -13,7 +13,7 @@ TEST_MODELS       := smollm2-135m-instruct
 LLAMA_BUILD := $(BIN)/python -m mathscale_utils.inference.llama_build \
 	$(if $(filter undefined,$(origin LLAMA_CMAKE_ARGS)),,--cmake-args="$(LLAMA_CMAKE_ARGS)")
 
-.PHONY: setup llama-rebuild models quickstart test test-fast lint format bench lab clean
+.PHONY: setup llama-rebuild models quickstart test test-fast lint format bench docs lab clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,9 @@ format: setup
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+docs: setup   # README's figures, docs/journey.md and docs/img/ from the runs in outputs/ (reporting/docs.py)
+	$(BIN)/python -m mathscale_utils.reporting.docs
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

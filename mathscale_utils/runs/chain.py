@@ -16,6 +16,7 @@ import argparse
 import copy
 import importlib.metadata as md
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -224,6 +225,7 @@ def manifest_for(params: Params, params_file: str | Path | None = None, previous
         "git": git_state(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpus": os.cpu_count(),
         "packages": package_versions(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "stages": (previous or {}).get("stages", {}),
