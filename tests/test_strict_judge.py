@@ -7,15 +7,9 @@ import time
 
 import pytest
 
-from mathscale_utils.grading import judges
-from mathscale_utils.grading.judges import (
-    SymbolicTimeout,
-    judge,
-    strict_judge,
-    symbolic_equal,
-    time_limit,
-    too_costly,
-)
+from mathscale_utils.grading import symbolic
+from mathscale_utils.grading.judges import judge, strict_judge
+from mathscale_utils.grading.symbolic import SymbolicTimeout, symbolic_equal, time_limit, too_costly
 
 ACCEPTED = [  # (completion, gold): a careful grader accepts each
     ("The answer is 90. Check: 90 + 55 = 145.", "90"),
@@ -192,6 +186,6 @@ def test_slow_symbolic_check_is_cut_in_a_thread(monkeypatch):
             pass
 
     monkeypatch.setattr(math_verify, "verify", endless)
-    judges._parse_gold.cache_clear()
+    symbolic.parse_gold.cache_clear()
     result, seconds = _in_thread(lambda: symbolic_equal("\\sqrt{3}", "\\tan 60^\\circ", seconds=0.5))
     assert result is False and seconds < 5
