@@ -117,7 +117,7 @@ def run(rows: list[dict], repeat: int) -> dict:
         for kind in sorted({r["kind"] for r in rows}):
             idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
             s = scores([rows[i] for i in idx], [verdicts[i] for i in idx])
-            res["by_kind"][kind] = {"fn": s["fn"], "fp": s["fp"], "n": s["n"]}
+            res["by_kind"][kind] = {k: s[k] for k in ("n", "recall", "precision", "fn", "fp")}
         res["errors"] = [
             {
                 "id": r["id"],

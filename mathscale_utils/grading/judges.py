@@ -21,7 +21,7 @@ from mathscale_utils.grading import statements as _statements
 from mathscale_utils.grading.numbers import number_value, strip_unit_text
 from mathscale_utils.grading.paper_judge import PaperVerdict, paper_judge
 from mathscale_utils.grading.statements import is_textual
-from mathscale_utils.grading.symbolic import symbolic_equal, time_limit, too_costly
+from mathscale_utils.grading.symbolic import plain_powers, symbolic_equal, time_limit, too_costly
 
 __all__ = [
     "structure",
@@ -250,7 +250,7 @@ def _undeclared_answer(text: str) -> str | None:
     if too_costly(text, max_chars=None):
         return None
     with time_limit():
-        pred = parse(text, parsing_timeout=None)
+        pred = parse(plain_powers(text), parsing_timeout=None)
     return str(pred[-1]) if pred else None
 
 

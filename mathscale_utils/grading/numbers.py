@@ -64,8 +64,8 @@ _NOT_UNITS = frozenset(
         "without instead rather but if remainder mod modulo ratio fraction decimal i e"
     ).split()
 )
-# comparison words that are units of an answer unless a "than" follows ("5 more apples" vs "5 more than x")
-_COMPARATIVES = frozenset(
+# comparison words that leave the number as it is ("5 more apples", "12 years older than Jane")
+COMPARATIVES = frozenset(
     (
         "more less fewer older younger longer shorter taller heavier faster slower higher lower larger "
         "smaller bigger greater extra additional"
@@ -89,16 +89,16 @@ def _unit_piece(piece: str, in_slash: bool) -> bool:
 
 def is_unit_tail(words: list[str]) -> bool:
     """Words after a number that leave it as it is: plain unit words ("square inches", "digits", "km/h", "cm^2",
-    "Tom's", "(apples)"), a comparative without "than" ("5 more apples"), "times" as the last word. Anything that
-    is mathematics, another number (digits or words), a comparison, a range or a scale is not ("5 hundred",
-    "5 more than", "12 out of 20", "5 to 7")."""
+    "Tom's", "(apples)"), a comparative ("5 more apples", "12 years older than Jane"), "times" as the last word.
+    Anything that is mathematics, a variable, another number (digits or words), a bound, a range or a scale is not
+    ("5 hundred", "5 more than x", "12 out of 20", "5 to 7", "at least 5")."""
     words = [w.strip("()[]{}\"',;:!?*") for w in words]
     words = [w for w in words if w]
     for i, w in enumerate(words):
         low = w.lower().rstrip(".")
         nxt = words[i + 1].lower() if i + 1 < len(words) else ""
-        if low in _COMPARATIVES and nxt != "than":
-            continue
+        if low in COMPARATIVES or (low == "than" and i and words[i - 1].lower() in COMPARATIVES):
+            continue  # "5 more apples", "12 years older than Jane"; "than x" / "than 3" fail below
         if low == "times" and not nxt:
             continue
         if re.search(r"\d", re.sub(r"(?:\^\{?[23]\}?)", "", w)):
@@ -154,6 +154,12 @@ def _strip_units(a: str) -> str:
     return str(Fraction(number) * _MULTIPLIERS[scale])
 
 
+# a closing remark in brackets, in words ("12 (the number of apples)"); not one that changes the scale ("(in
+# thousands)") or holds a number (a restatement that must be checked: "\\frac{1}{2} (0.6)")
+_REMARK = re.compile(
+    r"\s*\((?![^()]*\b(?:in|hundreds?|thousands?|millions?|billions?|dozens?|percent|mod|or)\b)[^()\d]*\)\s*$",
+    re.I,
+)
 _MATH_DOLLAR = re.compile(
     r"(?<!\\)\$(?=.*(?<!\\)\$)|(?<=\S)(?<!\\)\$"
 )  # "$0.75$ as a decimal": math, not money
@@ -194,7 +200,7 @@ def number_value(a: str) -> Fraction | None:
     ``a/b``, ``\\frac{a}{b}``, mixed numbers (``2\\frac{1}{4}``), money (``\\$1,080.00``, "12 dollars and 50
     cents"), percents (the sign is dropped: "25%" reads as 25), units or words after the number (``is_unit_tail``),
     a scale word ("15 thousand"), number words ("nine"), ``x = 5``."""
-    a = strip_thousands(clean_answer(a))
+    a = _REMARK.sub("", strip_thousands(clean_answer(a))) or a
     a = strip_assignment(AS_FORM.sub("", _MATH_DOLLAR.sub("", a)))
     a = DEGREE_MARK.sub("", a)
     a = re.sub(r"\\(?:left|right)|\\!", "", a).replace("dfrac", "frac").replace("tfrac", "frac")

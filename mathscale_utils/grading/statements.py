@@ -20,7 +20,7 @@ from mathscale_utils.grading.answers import (
     text_key,
     unwrap_text,
 )
-from mathscale_utils.grading.numbers import NUMBER_WORDS, number_value
+from mathscale_utils.grading.numbers import COMPARATIVES, NUMBER_WORDS, number_value
 
 _FUNCTION_WORDS = frozenset(
     (
@@ -95,9 +95,11 @@ _ALTERNATIVE = re.compile(r"\b(?:or|either|and|but|between|whether|if)\b")
 # the verb that introduces a stated answer, then an optional preposition and article
 _COPULA = (
     r"(?:^|\b(?:is|are|was|were|be|becomes|become|remains|represents|describes|forms|makes|gives|equals|means"
-    r"|s|answer|result|falls|fall|lands|land|occurs|occur|happens|happen|will be|would be|must be)\s+)"
-    r"(?:(?:on|in|at|as|of)\s+)?(?:(?:a|an|the)\s+)?"
+    r"|s|has|have|answer|result|falls|fall|lands|land|occurs|occur|happens|happen|will be|would be|must be)\s+)"
+    r"(?:(?:on|in|at|as|of)\s+)?(?:(?:a|an|the)\s+)?(?:(?:equation|graph|shape|form)\s+of\s+(?:(?:a|an|the)\s+)?)?"
 )
+# answers that are verbs, stated after their subject ("So the series diverges.")
+_VERBS = re.compile(r"(?:diverges|converges|exists|increases|decreases|intersects|terminates|repeats)$")
 _LEAD = re.compile(r"^(?:so|thus|therefore|hence|finally|consequently|in conclusion|overall|in summary)\s+")
 # nouns that may follow a textual answer and restate what it qualifies ("an even function", "an obtuse triangle")
 _KIND_NOUNS = frozenset(
@@ -116,12 +118,18 @@ def states_text(sentence: str, gold: str) -> bool:
     if not gold_key or not sentence or sentence.rstrip().endswith("?"):
         return False
     raw = unwrap_text(clean_answer(sentence))
-    raw = re.split(r",\s+(?:since|because|as|which|so|where|with)\b|\s+(?:since|because)\b", raw)[0]
-    if _NEGATION.search(raw.lower().replace(gold_key, " ")):
+    if gold_key in ("yes", "no") and re.match(rf"^\W*{gold_key}\b\s*[,.!;:]", raw, re.I):
+        return gold_key == "no" or not _NEGATION.search(raw)  # "No, it is not possible."
+    raw = re.split(r",\s+(?:since|because|as|which|so|where|with)\b|\s+(?:since|because)\b", raw)[0].lower()
+    if gold_key == "neither":  # "neither even nor odd"
+        raw = re.sub(r"\bneither\s+\w+\s+nor\s+\w+", "neither", raw)
+    if _NEGATION.search(raw.replace(gold_key, " ")):
         return False
     key = _LEAD.sub("", text_key(raw))
     if _ALTERNATIVE.search(key.replace(gold_key, " ")[-(len(gold_key) + 40) :]):
         return False
+    if _VERBS.match(gold_key) and re.fullmatch(rf"(?:\w+\s+){{1,6}}{gold_key}", key):
+        return True
     kinds = "|".join(_KIND_NOUNS)
     return re.search(rf"{_COPULA}{re.escape(gold_key)}(?:\s+(?:{kinds}))?$", key) is not None
 
@@ -151,7 +159,10 @@ def sentence_number(sentence: str) -> str | None:
     numbers = _NUMBER_TOKEN.findall(s)
     if len(numbers) != 1 or len(re.findall(r"\d+(?:\.\d+)?", s)) != 1:
         return None
-    rest = _NUMBER_TOKEN.sub(" ", s)
+    before, after = _NUMBER_TOKEN.split(s)
+    comparative = rf"\b(?:{'|'.join(COMPARATIVES)})\s+than\b(?=\s+[A-Za-z]{{2,}}(?:'s)?\b(?!\s*[a-zA-Z]\b))"
+    after = re.sub(comparative, " ", after, flags=re.I)  # "12 years older than Jane", not "12 more than x"
+    rest = before + " " + after
     if _CHANGES.search(rest) or any(w.lower() in NUMBER_WORDS for w in re.findall(r"[A-Za-z]+", rest)):
         return None
     return numbers[0].replace(" ", "")
@@ -208,7 +219,7 @@ def asked_spans(question: str) -> list[str]:
                 cut = stop.start()
                 break
         spans += [a or b for a, b in _MATH_SPAN.findall(rest[:cut])]
-    return [s.strip() for s in spans if s.strip()]
+    return list(dict.fromkeys(s.strip() for s in spans if s.strip()))
 
 
 def name_asked(name: str, question: str | None) -> bool | None:
