@@ -157,14 +157,18 @@ _DEGREE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)")
 
 
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
-_POWER_WORDS = re.compile(r"(\d+)\s+(?:to|raised to)\s+the\s+(?:power\s+of\s+(\d+)|(\d+)(?:st|nd|rd|th)\s+power)\b")
+_POWER_WORDS = re.compile(
+    r"(\d+)\s+(?:to|raised to)\s+the\s+(?:power\s+of\s+(\d+)|(\d+)(?:st|nd|rd|th)\s+power)\b"
+)
 
 
 def plain_powers(text: str) -> str:
     """Powers written as math-verify reads them: ``2⁵`` -> ``2^{5}``, ``2**5`` -> ``2^5``, "2 to the power of 5"
     -> ``2^{5}``."""
     text = re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]", lambda m: "^" + m.group().translate(_SUPERSCRIPTS), text)
-    text = re.sub(r"\^(\d)\^(\d)(?:\^(\d))?", lambda m: "^{" + "".join(g or "" for g in m.groups()) + "}", text)
+    text = re.sub(
+        r"\^(\d)\^(\d)(?:\^(\d))?", lambda m: "^{" + "".join(g or "" for g in m.groups()) + "}", text
+    )
     text = re.sub(r"(?<=[\d)}])\*\*(?=[\d({])", "^", text)
     return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", text)
 
