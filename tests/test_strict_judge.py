@@ -9,6 +9,7 @@ import pytest
 from judge_kind_cases import CASES
 
 from mathscale_utils.grading import symbolic
+from mathscale_utils.grading.answers import plain_math
 from mathscale_utils.grading.judges import judge, strict_judge
 from mathscale_utils.grading.numbers import is_unit_tail
 from mathscale_utils.grading.statements import (
@@ -22,7 +23,6 @@ from mathscale_utils.grading.statements import (
 )
 from mathscale_utils.grading.symbolic import (
     SymbolicTimeout,
-    plain_powers,
     symbolic_equal,
     time_limit,
     too_costly,
@@ -238,10 +238,12 @@ def test_word_answers_and_unit_tails():
     assert not is_unit_tail(["more", "than", "x"]) and not is_unit_tail(["hundred"])
 
 
-def test_plain_powers():
-    assert plain_powers("2⁵ and 10¹²") == "2^5 and 10^{12}"
-    assert plain_powers("2**5") == "2^5" and plain_powers("2 to the power of 5") == "2^{5}"
-    assert plain_powers("**Answer:** 5") == "**Answer:** 5"
+def test_plain_math():
+    assert plain_math("2⁵ and 10¹²") == "2^5 and 10^{12}"
+    assert plain_math("2**5") == "2^5" and plain_math("2 to the power of 5") == "2^{5}"
+    assert plain_math("**Answer:** 5") == "**Answer:** 5"
+    assert plain_math("5√2 and √(x+1)") == "5\\sqrt{2} and \\sqrt{x+1}"
+    assert plain_math("(−∞, 3)") == "(-\\infty , 3)" and plain_math("2½") == "2\\frac{1}{2}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

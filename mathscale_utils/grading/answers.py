@@ -423,6 +423,58 @@ def text_key(a: str) -> str:
     return _ARTICLES.sub("", a)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# plain-text mathematics written as LaTeX
+
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_POWER_WORDS = re.compile(
+    r"(\d+)\s+(?:to|raised to)\s+the\s+(?:power\s+of\s+(\d+)|(\d+)(?:st|nd|rd|th)\s+power)\b"
+)
+_SYMBOLS = {
+    "−": "-",
+    "×": "\\times ",
+    "·": "\\cdot ",
+    "÷": "\\div ",
+    "∞": "\\infty ",
+    "π": "\\pi ",
+    "≤": "\\le ",
+    "≥": "\\ge ",
+    "≠": "\\ne ",
+    "½": "\\frac{1}{2}",
+    "⅓": "\\frac{1}{3}",
+    "⅔": "\\frac{2}{3}",
+    "¼": "\\frac{1}{4}",
+    "¾": "\\frac{3}{4}",
+}
+_ROOT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\((?:[^()]|\([^()]*\))*\)|\{[^{}]*\})")
+
+
+def plain_math(text: str) -> str:
+    """Mathematics typed in plain text, as LaTeX: ``2⁵`` -> ``2^5``, ``2**5`` -> ``2^5``, "2 to the power of 5" ->
+    ``2^{5}``, ``5√2`` -> ``5\\sqrt{2}``, ``√(x+1)`` -> ``\\sqrt{x+1}``, ``−∞`` -> ``-\\infty``, ``×``, ``÷``, ``π``,
+    ``½``."""
+    if text.isascii():
+        return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", _py_power(text))
+    text = re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+", lambda m: _superscript(m.group()), text)
+    text = _ROOT.sub(lambda m: "\\sqrt{" + _inside(m.group(1)) + "}", text)
+    text = "".join(_SYMBOLS.get(c, c) for c in text)
+    return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", _py_power(text))
+
+
+def _inside(group: str) -> str:
+    """A root's argument without its own brackets: "(x+1)" -> "x+1", "2" -> "2"."""
+    return group[1:-1] if group[0] in "({" else group
+
+
+def _superscript(digits: str) -> str:
+    d = digits.translate(_SUPERSCRIPTS)
+    return "^" + d if len(d) == 1 else "^{" + d + "}"
+
+
+def _py_power(text: str) -> str:
+    return re.sub(r"(?<=[\d)}])\*\*(?=[\d({])", "^", text)
+
+
 __all__ = [
     "closing_brace",
     "boxed_spans",
@@ -442,4 +494,5 @@ __all__ = [
     "restatements",
     "choice_letter",
     "text_key",
+    "plain_math",
 ]

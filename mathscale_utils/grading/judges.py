@@ -21,7 +21,7 @@ from mathscale_utils.grading import statements as _statements
 from mathscale_utils.grading.numbers import number_value, strip_unit_text
 from mathscale_utils.grading.paper_judge import PaperVerdict, paper_judge
 from mathscale_utils.grading.statements import is_textual
-from mathscale_utils.grading.symbolic import plain_powers, symbolic_equal, time_limit, too_costly
+from mathscale_utils.grading.symbolic import symbolic_equal, time_limit, too_costly
 
 __all__ = [
     "structure",
@@ -139,6 +139,7 @@ def answers_equivalent(prediction: str, gold: str) -> tuple[bool, str]:
     """
     if not prediction or not prediction.strip():
         return False, "empty"
+    prediction, gold = _answers.plain_math(prediction), _answers.plain_math(gold)
     g_norm = _answers.normalise(gold)
     if g_norm and _answers.normalise(prediction) == g_norm:
         return True, "exact"
@@ -147,7 +148,7 @@ def answers_equivalent(prediction: str, gold: str) -> tuple[bool, str]:
         return _answers.choice_letter(prediction, strict=False) == letter, "choice"
     pv, gv = number_value(prediction), number_value(gold)
     if pv is not None and gv is not None:  # before lists: "12 dollars and 50 cents" is one number
-        return pv == gv, "numeric"
+        return _same_number(prediction, gold, pv, gv), "numeric"
     lists = _lists_equal(prediction, gold)
     if lists is not None:
         return lists, "parts"
@@ -205,6 +206,19 @@ def _lists_equal(prediction: str, gold: str) -> bool | None:
     return False
 
 
+_PERCENT = re.compile(r"\\?%|\bper\s*cent\b|\bpercent\b")
+_TIME = re.compile(r"^(\d{1,2}):(\d{2})\s*(?:([ap])\.?\s*m\.?)?$", re.I)
+
+
+def _same_number(prediction: str, gold: str, pv, gv) -> bool:
+    """Two exact numbers are the same answer: equal, or equal once a percent on one side only is read as a
+    fraction ("50%" for 1/2, "0.25" for "25\\%"); percents are otherwise read by their number ("25%" for 25)."""
+    if pv == gv:
+        return True
+    pp, gp = bool(_PERCENT.search(prediction)), bool(_PERCENT.search(gold))
+    return pp != gp and (pv / 100 == gv if pp else gv / 100 == pv)
+
+
 def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
     """One value against one value: exact form, structure, exact number, words, then symbolic."""
     p = _answers.strip_assignment(re.sub(r"^=\s*", "", _answers.clean_answer(prediction)))
@@ -216,7 +230,11 @@ def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
         return structures_equal(ps, gs), "structure"
     pv, gv = number_value(p), number_value(g)
     if pv is not None and gv is not None:
-        return pv == gv, "numeric"
+        return _same_number(p, g, pv, gv), "numeric"
+    pt, gt = _TIME.match(_answers.unwrap_text(p).strip()), _TIME.match(_answers.unwrap_text(g).strip())
+    if pt and gt:  # "3:30 PM" for "3:30": the same clock time, and the same half of the day where both say it
+        halves = {(m.group(3) or "").lower() for m in (pt, gt)} - {""}
+        return pt.group(1, 2) == gt.group(1, 2) and len(halves) < 2, "time"
     if gv is None and is_textual(g):
         return bool(_answers.text_key(g)) and _answers.text_key(p) == _answers.text_key(g), "text"
     if pv is not None and is_textual(p) and gv is None:
@@ -250,7 +268,7 @@ def _undeclared_answer(text: str) -> str | None:
     if too_costly(text, max_chars=None):
         return None
     with time_limit():
-        pred = parse(plain_powers(text), parsing_timeout=None)
+        pred = parse(_answers.plain_math(text).replace("\\$", " "), parsing_timeout=None)
     return str(pred[-1]) if pred else None
 
 

@@ -111,6 +111,7 @@ def is_unit_tail(words: list[str]) -> bool:
 
 _FRAC = re.compile(r"^([-+]?)\\frac\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}$")
 _MIXED = re.compile(r"^([-+]?)(\d+)\s*\\frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}$")
+_MIXED_PLAIN = re.compile(r"^([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d/])")
 _SLASH = re.compile(r"^([-+]?\d+)\s*/\s*([-+]?\d+)$")
 _DOLLARS_CENTS = re.compile(r"^\\?\$?\s*(\d+)\s*dollars?,?\s+(?:and\s+)?(\d{1,2})\s*cents?$", re.I)
 _UNIT_GROUP = re.compile(r"\\(?:text|mbox|textrm|mathrm|textit|textbf)\s*\{([^{}]*)\}")
@@ -209,6 +210,14 @@ def number_value(a: str) -> Fraction | None:
     money = _DOLLARS_CENTS.match(a.strip())
     if money:
         return int(money.group(1)) + Fraction(int(money.group(2)), 100)
+    mixed = _MIXED_PLAIN.match(a.strip())
+    if (
+        mixed
+        and 0 < int(mixed.group(3)) < int(mixed.group(4))
+        and is_unit_tail(a.strip()[mixed.end() :].split())
+    ):
+        v = int(mixed.group(2)) + Fraction(int(mixed.group(3)), int(mixed.group(4)))  # "2 1/2 cups"
+        return -v if mixed.group(1) == "-" else v
     a = _strip_units(a)
     a = re.sub(r"\s*\\?%$", "", a.strip()).replace("$", "").strip()
     a = re.sub(r"^\{(.*)\}$", r"\1", a)

@@ -33,7 +33,6 @@ __all__ = [
     "time_limit",
     "too_costly",
     "parse_gold",
-    "plain_powers",
     "for_sympy",
     "symbolic_equal",
 ]
@@ -156,28 +155,11 @@ _TRIG = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)\b")
 _DEGREE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)")
 
 
-_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
-_POWER_WORDS = re.compile(
-    r"(\d+)\s+(?:to|raised to)\s+the\s+(?:power\s+of\s+(\d+)|(\d+)(?:st|nd|rd|th)\s+power)\b"
-)
-
-
-def plain_powers(text: str) -> str:
-    """Powers written as math-verify reads them: ``2⁵`` -> ``2^{5}``, ``2**5`` -> ``2^5``, "2 to the power of 5"
-    -> ``2^{5}``."""
-    text = re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]", lambda m: "^" + m.group().translate(_SUPERSCRIPTS), text)
-    text = re.sub(
-        r"\^(\d)\^(\d)(?:\^(\d))?", lambda m: "^{" + "".join(g or "" for g in m.groups()) + "}", text
-    )
-    text = re.sub(r"(?<=[\d)}])\*\*(?=[\d({])", "^", text)
-    return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", text)
-
-
 def for_sympy(latex: str) -> str:
     """Degrees that math-verify would drop: inside a trigonometric function ``60^\\circ`` becomes
     ``\\frac{60\\pi}{180}`` (math-verify reads ``\\sin 60^\\circ`` as the sine of 60 radians); elsewhere the mark
-    goes (an angle of 90 degrees is the number 90). Powers as ``plain_powers`` writes them."""
-    latex = plain_powers(latex)
+    goes (an angle of 90 degrees is the number 90). Powers and symbols as ``answers.plain_math`` writes them."""
+    latex = _answers.plain_math(latex)
     if _TRIG.search(latex):
         return _DEGREE.sub(r"\\frac{\1\\pi}{180}", latex)
     return _DEGREE.sub(r"\1", latex)
