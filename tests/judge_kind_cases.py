@@ -38,6 +38,9 @@ NAMED = [  # a declared answer written as an equation whose left side names the 
     Case("named_equation", _STEPS + "So $E[X] = 3.5$.", "\\frac{7}{2}", True),
     Case("named_equation", _STEPS + "Thus $7 = P + Q$.", "7", True),
     Case("named_equation", _STEPS + "So $f(2) = 0$.", "0", True),
+    Case("named_equation", _STEPS + "So $a + d + e = 0$.", "0", True),
+    Case("named_equation", _STEPS + "So $1 + 2 + 3 + \\cdots + 100 = 5050$.", "5050", True),
+    Case("named_equation", _STEPS + "So $1 + 2 + 3 + \\cdots + 100 = 5150$.", "5050", False),
     Case("named_equation", _STEPS + "So $P+Q = 8$.", "7", False, note="the wrong value"),
     Case(
         "named_equation", _STEPS + "The answer is $P+Q=7$.", "3", False, note="the gold is another quantity"
@@ -54,6 +57,8 @@ QUESTION = [  # the same kind, with the question: the left side must be what it 
     Case("named_vs_question", "So $r^2 = 5+\\sqrt{2}$.", "5+\\sqrt{2}", True, "Find $r^2$."),
     Case("named_vs_question", "So $x = 5$.", "5", True, "Compute $\\sum_{k=1}^n k$ for $n = 2$, plus 2."),
     Case("named_vs_question", "So $P+Q = 7$.", "7", True, "A shop sells P pens and Q pencils ..."),
+    Case("named_vs_question", "So $6b = 0$.", "0", True, "If $5a=-4b+5$ and $3a=-2b+3$, what is $6b$?"),
+    Case("named_vs_question", "So $x^2 - 7x = 0$.", "0", False, "What is the smaller root of $x^2 = 7x$?"),
     Case("named_vs_question", "So $P+Q = 7$.", "7", False, "Find $P$ if $P+Q=7$ and $Q=0$."),
     Case("named_vs_question", "The answer is $a+b=12$.", "12", False, "Let $a+b=12$ and $b=0$. What is $a$?"),
     Case("named_vs_question", "Thus $r^2 = 4$.", "4", False, "Find $s$, where $s = r^2$ and $r = 2$."),
@@ -181,4 +186,20 @@ SENTENCE_NUMBER = [  # a declared answer that is a sentence holding the number
     Case("number_sentence", _STEPS + "The answer is: Tom has 13 apples.", "12", False),
 ]
 
-CASES = NAMED + QUESTION + SQUARE + UNITS + TEXT + POWER + SENTENCE_NUMBER
+PLAIN = [  # mathematics typed in plain text, and other everyday forms of a number
+    Case("plain_forms", _STEPS + "The answer is 5 + √2.", "5+\\sqrt{2}", True),
+    Case("plain_forms", _STEPS + "The answer is √50 = 5√2.", "5\\sqrt{2}", True),
+    Case("plain_forms", _STEPS + "The answer is (−∞, 3).", "(-\\infty,3)", True),
+    Case("plain_forms", _STEPS + "The answer is 2 1/2 cups.", "\\frac{5}{2}", True),
+    Case("plain_forms", _STEPS + "The answer is 3:30 PM.", "3:30", True),
+    Case("plain_forms", _STEPS + "The answer is 50%.", "\\frac{1}{2}", True),
+    Case("plain_forms", _STEPS + "The answer is 0.25.", "25\\%", True),
+    Case("plain_forms", _STEPS + "So, Janet makes \\$18 every day.", "18", True),
+    Case("plain_forms", _STEPS + "The answer is 5 + √3.", "5+\\sqrt{2}", False),
+    Case("plain_forms", _STEPS + "The answer is (−∞, 3].", "(-\\infty,3)", False),
+    Case("plain_forms", _STEPS + "The answer is 2 1/3 cups.", "\\frac{5}{2}", False),
+    Case("plain_forms", _STEPS + "The answer is 3:30 AM.", "3:30 PM", False),
+    Case("plain_forms", _STEPS + "The answer is 25.", "0.25", False, note="no percent sign: 25, not 25%"),
+]
+
+CASES = NAMED + QUESTION + SQUARE + UNITS + TEXT + POWER + SENTENCE_NUMBER + PLAIN

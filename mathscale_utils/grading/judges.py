@@ -159,13 +159,16 @@ def answers_equivalent(prediction: str, gold: str) -> tuple[bool, str]:
     return _values_equal(prediction, gold)
 
 
-_EQUATION = re.compile(r"[-+^*/]|\d\s*[a-zA-Z(]|\\cdot|\\times")
+_EQUATION = re.compile(
+    r"[a-zA-Z]\s*\^\s*\{?\s*\d|\d\s*[a-zA-Z]"
+)  # a power of a variable, a coefficient: "x^2 - 7x"
 
 
 def _restated_equal(forms: list[str], gold: str) -> tuple[bool, str]:
     """An answer written several ways: every form must be the gold ("restated"), except the forms that name the
     quantity ("P+Q = 7", "r^2 = 5+\\sqrt{2}", "\\text{Total} = 12": "named") when the gold is a value without
-    variables; at least one form must be a value. An equation set to zero ("x^2 - 5x + 6 = 0") names nothing."""
+    variables; at least one form must be a value. An equation set to zero ("x^2 - 5x + 6 = 0") names nothing
+    ("named_zero"), unless the question asks for its left side (``strict_judge``)."""
     names = [f for f in forms if _statements.is_name(f)]
     values = [f for f in forms if f not in names]
     g = strip_unit_text(_answers.clean_answer(gold))
@@ -175,7 +178,7 @@ def _restated_equal(forms: list[str], gold: str) -> tuple[bool, str]:
         and (number_value(gold) is not None or not (_statements.free_letters(g) or is_textual(g)))
     ):
         if number_value(values[-1]) == 0 and any(_EQUATION.search(n) for n in names):
-            return False, "named"
+            return False, "named_zero"  # an equation to solve, unless the question asks for its left side
         return all(answers_equivalent(v, gold)[0] for v in values), "named"
     return all(answers_equivalent(f, gold)[0] for f in forms), "restated"
 
@@ -239,7 +242,8 @@ def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
         return bool(_answers.text_key(g)) and _answers.text_key(p) == _answers.text_key(g), "text"
     if pv is not None and is_textual(p) and gv is None:
         return False, "numeric"  # "5 apples" against an expression
-    return symbolic_equal(strip_unit_text(p), strip_unit_text(g)), "symbolic"
+    p, g = (_answers.strip_thousands(strip_unit_text(x)) for x in (p, g))
+    return symbolic_equal(p, g), "symbolic"
 
 
 # --- the judge ------------------------------------------------------------------------------------------------------
@@ -293,12 +297,22 @@ def _textual_gold(reference: str) -> bool:
 _SINGLE_SYMBOL = re.compile(r"^\s*\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*$")
 
 
+def _equation_names(cand: str) -> list[str]:
+    """The sides of an equation answer that name a quantity, a single symbol ("x" of "x = 5") aside."""
+    sides = re.split(r"(?<![<>!\\])=(?!=)", _answers.clean_answer(cand))
+    return [s for s in sides if _statements.is_name(s) and not _SINGLE_SYMBOL.match(s)]
+
+
 def _names_other_quantity(cand: str, question: str | None) -> bool:
     """The answer is an equation whose left side names a quantity other than the one the question asks for ("P+Q
     = 7" for "Find $P$"). A single symbol ("x = 5") is taken as the solution's name for the unknown."""
-    sides = re.split(r"(?<![<>!\\])=(?!=)", _answers.clean_answer(cand))
-    names = [s for s in sides[:-1] if _statements.is_name(s) and not _SINGLE_SYMBOL.match(s)]
-    return any(_statements.name_asked(n, question) is False for n in names)
+    return any(_statements.name_asked(n, question) is False for n in _equation_names(cand))
+
+
+def _names_asked_quantity(cand: str, question: str | None) -> bool:
+    """Every name in an equation answer is what the question asks for ("6b = 0" for "What is $6b$?")."""
+    names = _equation_names(cand)
+    return bool(names) and all(_statements.name_asked(n, question) for n in names)
 
 
 def _stated(text: str, cand: str | None, declared: bool, reference: str) -> tuple[str, str] | None:
@@ -347,6 +361,9 @@ def strict_judge(completion: str | None, reference: str, question: str | None = 
         ok, rule = answers_equivalent(cand, reference) if cand is not None else (False, "no_answer")
         if ok and rule == "named" and _names_other_quantity(cand, question):
             return StrictVerdict(False, cand, "named_other", source=source)
+        if rule == "named_zero" and _names_asked_quantity(cand, question):
+            forms = [f for f in _answers.restatements(cand) if not _statements.is_name(f)]
+            ok, rule = bool(forms) and all(answers_equivalent(f, reference)[0] for f in forms), "named"
         if ok:
             return StrictVerdict(True, cand, rule, source=source)
         if declared is not None and _LONG_FORM.search(reference.strip()):

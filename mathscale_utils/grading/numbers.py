@@ -57,11 +57,12 @@ NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NOT_UNITS = frozenset(
     (
         "pi sqrt sin cos tan cot sec csc log ln exp inf infty or and plus minus times over divided squared "
-        "cubed root roots power hundred hundreds thousand thousands million millions billion billions "
-        "trillion dozen dozens half halves third thirds quarter quarters fourth fourths fifth fifths tenth "
-        "tenths hundredth hundredths percent radian radians not no than at least most about approximately "
-        "nearly almost under to by out twice thrice double triple ago before after between from except "
-        "without instead rather but if remainder mod modulo ratio fraction decimal i e"
+        "cubed root roots power powers exponent factorial choose inverse reciprocal negative hundred hundreds "
+        "thousand thousands million millions billion billions trillion dozen dozens half halves third thirds "
+        "quarter quarters fourth fourths fifth fifths tenth tenths hundredth hundredths thousandth thousandths "
+        "percent radian radians not no than at least most about approximately nearly almost roughly around "
+        "under to by out twice thrice double triple between except instead rather but if wrong incorrect "
+        "remainder mod modulo ratio fraction decimal i e"
     ).split()
 )
 # comparison words that leave the number as it is ("5 more apples", "12 years older than Jane")

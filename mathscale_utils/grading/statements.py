@@ -191,10 +191,13 @@ def free_letters(expr: str) -> set[str]:
     return (set(re.findall(r"[A-Za-z]+", e)) | greek) - {"e", "i"}
 
 
+_ELLIPSIS = re.compile(r"\\[lc]?dots\b|\.\.\.|…")
+
+
 def is_name(form: str) -> bool:
     """A form of a restated answer that names a quantity rather than giving its value ("P+Q", "r^2", "f(3)",
-    "\\text{Total}"): it has a variable and is not one number with units."""
-    return bool(free_letters(form)) and number_value(form) is None
+    "\\text{Total}", "1 + 2 + \\cdots + 100"): it has a variable or an ellipsis and is not one number with units."""
+    return bool(free_letters(form) or _ELLIPSIS.search(form)) and number_value(form) is None
 
 
 _ASK = re.compile(
@@ -219,20 +222,22 @@ def asked_spans(question: str) -> list[str]:
                 cut = stop.start()
                 break
         spans += [a or b for a, b in _MATH_SPAN.findall(rest[:cut])]
-    return list(dict.fromkeys(s.strip() for s in spans if s.strip()))
+    spans = [re.sub(r"[\s.,;:?!]+$", "", s.strip()) for s in spans]  # "Find $x.$"
+    return list(dict.fromkeys(s for s in spans if s))
 
 
 def name_asked(name: str, question: str | None) -> bool | None:
     """Whether the name on the left of an equation is what the question asks for: True when it is one of the
     asked spans or uses only their variables ("a+b" for "the sum of $a$ and $b$"), False when the asking clauses
-    name other variables ("P+Q" for "Find $P$"), None when the question does not tell (none given, a word problem)."""
+    name other variables ("P+Q" for "Find $P$"), None when the question does not tell (none given, a word problem,
+    or only an equation to solve: "Solve $x^2 = 7x$" asks for $x$, not for either side)."""
     if not question:
         return None
-    spans = asked_spans(question)
+    spans = [s for s in asked_spans(question) if not re.search(r"[=<>]|\\[lg]eq?\b", s)]
     if not spans:
         return None
     key = normalise(name)
-    if any(normalise(s) == key or normalise(s.split("=")[0]) == key for s in spans):
+    if any(normalise(s) == key for s in spans):
         return True
     letters = free_letters(name)
     if any(len(w) > 2 and w.islower() for w in letters):

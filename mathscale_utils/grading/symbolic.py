@@ -158,8 +158,9 @@ _DEGREE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)")
 def for_sympy(latex: str) -> str:
     """Degrees that math-verify would drop: inside a trigonometric function ``60^\\circ`` becomes
     ``\\frac{60\\pi}{180}`` (math-verify reads ``\\sin 60^\\circ`` as the sine of 60 radians); elsewhere the mark
-    goes (an angle of 90 degrees is the number 90). Powers and symbols as ``answers.plain_math`` writes them."""
-    latex = _answers.plain_math(latex)
+    goes (an angle of 90 degrees is the number 90). Powers and symbols as ``answers.plain_math`` writes them; a number times a bracket is
+    written out (``2(19)`` -> ``2\\cdot(19)``: math-verify reads ``2(19)`` as 21)."""
+    latex = re.sub(r"(?<![\w^_{])(\d+)\s*\((?=[^()]*\d[^()]*\))", r"\1\\cdot(", _answers.plain_math(latex))
     if _TRIG.search(latex):
         return _DEGREE.sub(r"\\frac{\1\\pi}{180}", latex)
     return _DEGREE.sub(r"\1", latex)
