@@ -129,13 +129,17 @@ def _gold_choice(gold: str) -> str | None:
 def answers_equivalent(prediction: str, gold: str) -> tuple[bool, str]:
     """``(same, rule)``: whether a declared answer says the same as the gold, and which rule decided.
 
+    Both sides are first read as LaTeX where typed as plain text (``answers.plain_math``: "2⁵", "5√2", "−∞").
     Rules, first that applies: "exact" (same normal form, ``answers.normalise``); "choice" (gold is an option letter:
-    the same letter, in any form); "restated" (the answer written several ways, "\\frac{3}{4}, i.e. 0.75" or
-    "2 + 3 = 5": every form must be right); "parts" (a list on either side: the same values in any order, so an
-    extra root is wrong); "structure" (vectors, matrices, tuples, intervals, sets in any bracket style, entry by
-    entry); "numeric" (both one exact number: units, words, separators, money, percents read off; equal as
-    fractions, so 0.3333 is not 1/3); "text" (a textual gold: the same words, articles and ``\\text{}`` aside);
-    "symbolic" (math-verify, guarded and time-limited; ``\\tan 60^\\circ`` = ``\\sqrt{3}``).
+    the same letter, in any form); "numeric" (both one exact number, ``numbers.number_value``: units, words, scale
+    words, separators, money, percents read off; equal as fractions, so 0.3333 is not 1/3; a percent on one side
+    only may also be read as a fraction, "50%" for 1/2); "parts" (a list on either side: the same values in any
+    order, so an extra root is wrong); "restated" (the answer written several ways, "\\frac{3}{4}, i.e. 0.75" or
+    "2 + 3 = 5": every form must be right); "named" (an equation whose other sides name the quantity, "P+Q = 7",
+    "r^2 = 5+\\sqrt{2}": its value must be right; "named_zero" refuses a polynomial set to zero); "structure"
+    (vectors, matrices, tuples, intervals, sets in any bracket style, entry by entry); "time" (a clock time, "3:30
+    PM" for "3:30"); "text" (a textual gold: the same words, articles and ``\\text{}`` aside); "symbolic"
+    (math-verify, guarded and time-limited; ``\\tan 60^\\circ`` = ``\\sqrt{3}``, ``2^5`` = 32).
     """
     if not prediction or not prediction.strip():
         return False, "empty"
@@ -253,15 +257,15 @@ def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
 class StrictVerdict:
     """The strict judge's verdict: ``correct``; ``extracted``, the answer it compared (None when none was found);
     ``method``, the rule that decided (``answers_equivalent``'s rules, "named_other", "long_form", "stated_text",
-    "sentence_number", "no_answer", "none", "error"); ``error``, the exception text when one was raised."""
+    "sentence_number", "no_answer", "none", "error"); ``error``, the exception text when one was raised;
+    ``source``, "declared" (the completion states its answer) or "last" (it declares none: math-verify's own
+    extraction, or for a textual gold the concluding sentence)."""
 
     correct: bool
     extracted: str | None
     method: str
     error: str | None = None
-    source: str | None = (
-        None  # "declared" (the completion states its answer) | "last" (math-verify's extraction)
-    )
+    source: str | None = None
 
 
 def _undeclared_answer(text: str) -> str | None:

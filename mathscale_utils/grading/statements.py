@@ -150,7 +150,7 @@ _CHANGES = re.compile(
 
 def sentence_number(sentence: str) -> str | None:
     """The number of a short answer sentence that holds exactly one ("Tom has 12 apples left", "She needs $\\$15$"),
-    with nothing around it that changes or qualifies it ("12 more than", "about 12", "12 per box"); else None."""
+    with nothing around it that changes or qualifies it ("more than 12", "12 more than x", "about 12"); else None."""
     s = unwrap_text(clean_answer(sentence)).replace("\\$", "$").replace("\\%", "%")
     s = re.sub(r"\\[,;:! ]|~", " ", s).replace("$", " ")
     s = re.sub(r"(?<=\d),(?=\d{3}\b)", "", s).rstrip(".")
