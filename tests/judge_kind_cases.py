@@ -137,6 +137,18 @@ TEXT = [  # a text answer stated in a sentence
     Case("text_sentence", _STEPS + "So the equation has no solution.", "\\text{no solution}", True),
     Case("text_sentence", _STEPS + "No, it is not possible.", "\\text{No}", True),
     Case(
+        "text_sentence",
+        _STEPS + "This is the equation of a $\\text{circle}$ with center $(3,0)$.",
+        "circle",
+        True,
+    ),
+    Case(
+        "text_sentence", _STEPS + "So we suspect this equation defines an $\\text{ellipse}$.", "ellipse", True
+    ),
+    Case(
+        "text_sentence", _STEPS + "So we see that $x$ is even, and the whole sum is odd.", "\\text{odd}", True
+    ),
+    Case(
         "text_sentence", _STEPS + "So the curve is not a parabola.", "\\text{parabola}", False, note="negated"
     ),
     Case("text_sentence", _STEPS + "So the curve is a hyperbola.", "\\text{parabola}", False),
@@ -153,6 +165,8 @@ TEXT = [  # a text answer stated in a sentence
     Case(
         "text_sentence", _STEPS + "If it were a leap year, it would fall on a Wednesday.", "Wednesday", False
     ),
+    Case("text_sentence", _STEPS + "We need to check whether it is a Wednesday.", "Wednesday", False),
+    Case("text_sentence", _STEPS + "The next one is either Monday or Wednesday.", "Wednesday", False),
 ]
 
 POWER = [  # an unevaluated power

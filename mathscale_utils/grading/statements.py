@@ -91,10 +91,12 @@ def concluding_sentence(text: str) -> str | None:
 _NEGATION = re.compile(
     r"\b(?:not|never|neither|nor|cannot|no longer|none|instead|rather|unlike)\b|n[’']t\b", re.I
 )
-_ALTERNATIVE = re.compile(r"\b(?:or|either|and|but|between|whether|if)\b")
+# a statement under a condition ("If it were a leap year, ..."), or among alternatives just before the answer
+_CONDITION = re.compile(r"\b(?:if|unless|whether|suppose|supposing|assume|assuming)\b")
+_ALTERNATIVE = re.compile(r"\b(?:or|either|between)\b")
 # the verb that introduces a stated answer, then an optional preposition and article
 _COPULA = (
-    r"(?:^|\b(?:is|are|was|were|be|becomes|become|remains|represents|describes|forms|makes|gives|equals|means"
+    r"(?:^|\b(?:is|are|was|were|be|becomes|become|remains|represents|describes|defines|forms|makes|gives|equals|means"
     r"|s|has|have|answer|result|falls|fall|lands|land|occurs|occur|happens|happen|will be|would be|must be)\s+)"
     r"(?:(?:on|in|at|as|of)\s+)?(?:(?:a|an|the)\s+)?(?:(?:equation|graph|shape|form)\s+of\s+(?:(?:a|an|the)\s+)?)?"
 )
@@ -120,18 +122,22 @@ def states_text(sentence: str, gold: str) -> bool:
     raw = unwrap_text(clean_answer(sentence))
     if gold_key in ("yes", "no") and re.match(rf"^\W*{gold_key}\b\s*[,.!;:]", raw, re.I):
         return gold_key == "no" or not _NEGATION.search(raw)  # "No, it is not possible."
-    raw = re.split(r",\s+(?:since|because|as|which|so|where|with)\b|\s+(?:since|because)\b", raw)[0].lower()
+    raw = re.split(r",\s+(?:since|because|as|which|so|where|with)\b|\s+(?:since|because|with|whose)\b", raw)[
+        0
+    ]
+    raw = raw.lower()
     if gold_key == "neither":  # "neither even nor odd"
         raw = re.sub(r"\bneither\s+\w+\s+nor\s+\w+", "neither", raw)
     if _NEGATION.search(raw.replace(gold_key, " ")):
         return False
     key = _LEAD.sub("", text_key(raw))
-    if _ALTERNATIVE.search(key.replace(gold_key, " ")[-(len(gold_key) + 40) :]):
+    if _CONDITION.search(key):
         return False
     if _VERBS.match(gold_key) and re.fullmatch(rf"(?:\w+\s+){{1,6}}{gold_key}", key):
-        return True
+        return not _ALTERNATIVE.search(key)
     kinds = "|".join(_KIND_NOUNS)
-    return re.search(rf"{_COPULA}{re.escape(gold_key)}(?:\s+(?:{kinds}))?$", key) is not None
+    m = re.search(rf"{_COPULA}{re.escape(gold_key)}(?:\s+(?:{kinds}))?$", key)
+    return m is not None and not _ALTERNATIVE.search(" ".join(key[: m.start()].split()[-4:]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
