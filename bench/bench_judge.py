@@ -27,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from mathscale_utils.core.io import write_json  # noqa: E402
 from mathscale_utils.data.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench  # noqa: E402
-from mathscale_utils.grading.judges import _parse_gold, is_textual, strict_judge  # noqa: E402
+from mathscale_utils.grading.judges import strict_judge  # noqa: E402
 from mathscale_utils.grading.paper_judge import _LAST_NUMBER, paper_judge  # noqa: E402
+from mathscale_utils.grading.statements import is_textual  # noqa: E402
+from mathscale_utils.grading.symbolic import parse_gold  # noqa: E402
 
 RENDERINGS = {
     "answer_is": lambda g: f"The answer is {g}",
@@ -141,7 +143,7 @@ def run(data_dir: Path, limit: int | None, skip_strict: bool) -> dict:
         for rname, render in RENDERINGS.items():
             preds = [render(r.answer) for r in recs]
             ok_by: Counter[str] = Counter()
-            _parse_gold.cache_clear()  # each timing pays for parsing the golds
+            parse_gold.cache_clear()  # each timing pays for parsing the golds
             t0 = time.perf_counter()
             verdicts = [fn(p, r.answer) for p, r in zip(preds, recs, strict=True)]
             dt = time.perf_counter() - t0

@@ -31,9 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 from mathscale_utils.core.io import write_json  # noqa: E402
 from mathscale_utils.evaluation.answer_review import disagreement_summary  # noqa: E402
-from mathscale_utils.grading.answers import normalise, number_value  # noqa: E402
-from mathscale_utils.grading.judges import _parse_gold, judge, strict_judge  # noqa: E402
+from mathscale_utils.grading.answers import normalise  # noqa: E402
+from mathscale_utils.grading.judges import judge, strict_judge  # noqa: E402
+from mathscale_utils.grading.numbers import number_value  # noqa: E402
 from mathscale_utils.grading.paper_judge import paper_judge  # noqa: E402
+from mathscale_utils.grading.symbolic import parse_gold  # noqa: E402
 
 SET = ROOT / "tests" / "data" / "judge_set.jsonl"
 
@@ -96,7 +98,7 @@ def run(rows: list[dict], repeat: int) -> dict:
     for name, fn in JUDGES.items():
         times = []
         for _ in range(repeat):
-            _parse_gold.cache_clear()  # every timing pays for reading the golds
+            parse_gold.cache_clear()  # every timing pays for reading the golds
             t0 = time.perf_counter()
             verdicts = [bool(fn(r["completion"], r["gold"])) for r in rows]
             times.append(time.perf_counter() - t0)
@@ -115,7 +117,7 @@ def run(rows: list[dict], repeat: int) -> dict:
         for kind in sorted({r["kind"] for r in rows}):
             idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
             s = scores([rows[i] for i in idx], [verdicts[i] for i in idx])
-            res["by_kind"][kind] = {"fn": s["fn"], "fp": s["fp"], "n": s["n"]}
+            res["by_kind"][kind] = {k: s[k] for k in ("n", "recall", "precision", "fn", "fp")}
         res["errors"] = [
             {
                 "id": r["id"],

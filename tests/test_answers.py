@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 from mathscale_utils.grading import answers as A
+from mathscale_utils.grading import numbers as N
 
 
 def test_boxes_all_forms_in_order():
@@ -127,23 +128,62 @@ def test_normalise_keeps_differences(a, b):
         ("18 dollars", 18),
         ("90^\\circ", 90),
         (".5", Fraction(1, 2)),
+        # units after "####" or in \text{}, spaced or not, and words that leave the number as it is
+        ("12 apples", 12),
+        ("12 apples in total", 12),
+        ("15 \\text{ marbles}", 15),
+        ("15\\text{marbles}", 15),
+        ("15 \\, \\text{marbles}", 15),
+        ("15\\,\\text{cm}^2", 15),
+        ("\\text{15 marbles}", 15),
+        ("12 km/h", 12),
+        ("12 m/s^2", 12),
+        ("12 m", 12),
+        ("12 o'clock", 12),
+        ("12 (apples)", 12),
+        ("5 more apples", 5),
+        ("5 times", 5),
+        ("12 per cent", 12),
+        # a scale word multiplies; dollars and cents add up
+        ("5 hundred", 500),
+        ("15 \\text{ thousand}", 15000),
+        ("1.5 million", 1500000),
+        ("2 dozen eggs", 24),
+        ("12 dollars and 50 cents", Fraction(25, 2)),
     ],
 )
 def test_number_value(text, value):
-    assert A.number_value(text) == value
+    assert N.number_value(text) == value
 
 
 @pytest.mark.parametrize(
-    "text", ["5x", "5 \\pi", "5 hundred", "5 squared", "2 and 3", "\\sqrt{2}", "x+1", "1, 2"]
+    "text",
+    [
+        "5x",
+        "5 \\pi",
+        "5 squared",
+        "2 and 3",
+        "\\sqrt{2}",
+        "x+1",
+        "1, 2",
+        "5 more than x",
+        "12 out of 20",
+        "5 to 7",
+        "12 apples and 3 pears",
+        "12 apples for five people",
+        "5 times 3",
+        "5 \\text{ squared}",
+        "12 x",
+    ],
 )
 def test_number_value_refuses_what_is_not_one_number(text):
-    assert A.number_value(text) is None
+    assert N.number_value(text) is None
 
 
 def test_words_to_number():
-    assert A.words_to_number("forty-two") == 42 and A.words_to_number("one thousand and five") == 1005
-    assert A.words_to_number("5 hundred") is None and A.words_to_number("and") is None
-    assert A.words_to_number("nine lives") is None
+    assert N.words_to_number("forty-two") == 42 and N.words_to_number("one thousand and five") == 1005
+    assert N.words_to_number("5 hundred") is None and N.words_to_number("and") is None
+    assert N.words_to_number("nine lives") is None
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,23 @@ import threading
 import time
 
 import pytest
+from judge_kind_cases import CASES
 
-from mathscale_utils.grading import judges
-from mathscale_utils.grading.judges import (
+from mathscale_utils.grading import symbolic
+from mathscale_utils.grading.answers import plain_math
+from mathscale_utils.grading.judges import judge, strict_judge
+from mathscale_utils.grading.numbers import is_unit_tail
+from mathscale_utils.grading.statements import (
+    asked_spans,
+    concluding_sentence,
+    is_name,
+    is_word_answer,
+    name_asked,
+    sentence_number,
+    states_text,
+)
+from mathscale_utils.grading.symbolic import (
     SymbolicTimeout,
-    judge,
-    strict_judge,
     symbolic_equal,
     time_limit,
     too_costly,
@@ -104,6 +115,138 @@ def test_declared_answer_is_reported():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the kinds it once missed (tests/judge_kind_cases.py): each variant, right and wrong
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.kind}-{i}" for i, c in enumerate(CASES)])
+def test_kind_case(case):
+    v = strict_judge(case.completion, case.gold, case.question)
+    assert v.correct is case.label, (case, v)
+
+
+def test_every_kind_has_right_and_wrong_cases():
+    kinds = {c.kind for c in CASES}
+    assert len(kinds) >= 7
+    for kind in kinds:
+        labels = {c.label for c in CASES if c.kind == kind}
+        assert labels == {True, False}, kind
+
+
+def test_the_question_decides_what_a_named_equation_answers():
+    """Without the question the judge takes the equation's value; with it, the left side must be what is asked."""
+    completion, gold = "So $P+Q = 7$.", "7"
+    assert strict_judge(completion, gold).correct
+    assert strict_judge(completion, gold, "What is $P+Q$?").correct
+    v = strict_judge(completion, gold, "Find $P$ if $P+Q=7$ and $Q=0$.")
+    assert not v.correct and v.method == "named_other"
+    row = judge(completion, gold, "Find $P$ if $P+Q=7$ and $Q=0$.")
+    assert not row["strict_correct"] and row["strict_method"] == "named_other"
+
+
+def test_new_rules_report_what_they_read():
+    v = strict_judge("Work.\nSo the curve is a parabola.", "\\text{parabola}")
+    assert (v.method, v.source, v.extracted) == ("stated_text", "last", "So the curve is a parabola.")
+    v = strict_judge("Work.\n#### She has 12 apples left.", "12")
+    assert (v.method, v.source) == ("sentence_number", "declared")
+    assert strict_judge("The answer is $P+Q = 7$.", "7").method == "named"
+
+
+@pytest.mark.parametrize(
+    "question, spans",
+    [
+        ("Find $P$ if $P+Q=7$ and $Q=0$.", ["P"]),
+        ("If $P+Q=7$, find $P$.", ["P"]),
+        ("What is the sum of $a$ and $b$?", ["a", "b"]),
+        ("What is the value of $(x+y)^2$ when $x = 1$?", ["(x+y)^2"]),
+        ("Tom has 5 apples. How many does he have now?", []),
+    ],
+)
+def test_asked_spans(question, spans):
+    assert asked_spans(question) == spans
+
+
+@pytest.mark.parametrize(
+    "name, question, expected",
+    [
+        ("P+Q", "What is $P+Q$?", True),
+        ("a+b", "What is the sum of $a$ and $b$?", True),
+        ("P+Q", "Find $P$ if $P+Q=7$.", False),
+        ("P+Q", None, None),
+        ("P+Q", "How many pens are there?", None),
+        ("\\text{total}", "Find $P$.", None),
+    ],
+)
+def test_name_asked(name, question, expected):
+    assert name_asked(name, question) is expected
+
+
+@pytest.mark.parametrize("form", ["P+Q", "r^2", "f(3)", "\\text{Total}", "\\overline{AB}", "5x"])
+def test_is_name(form):
+    assert is_name(form)
+
+
+@pytest.mark.parametrize("form", ["7", "5 + \\sqrt{2}", "2^5", "\\frac{\\pi}{2}", "12 apples", "\\log_2 8"])
+def test_is_not_name(form):
+    assert not is_name(form)
+
+
+@pytest.mark.parametrize(
+    "sentence, gold, expected",
+    [
+        ("So the curve is a parabola.", "parabola", True),
+        ("It falls on a Wednesday.", "\\text{Wednesday}", True),
+        ("Therefore, $f$ is an even function.", "even", True),
+        ("So the curve is not a parabola.", "parabola", False),
+        ("It is a parabola or a hyperbola.", "parabola", False),
+        ("Is it a parabola?", "parabola", False),
+        ("The vertex of the parabola is at the origin.", "parabola", False),
+    ],
+)
+def test_states_text(sentence, gold, expected):
+    assert states_text(sentence, gold) is expected
+
+
+def test_concluding_sentence_passes_over_closing_remarks():
+    text = "Some work.\nSo it falls on a Sunday. I hope it helps! Let me know if you have any questions."
+    assert concluding_sentence(text) == "So it falls on a Sunday."
+    assert concluding_sentence("Which day is it? ") is None
+
+
+@pytest.mark.parametrize(
+    "sentence, number",
+    [
+        ("Tom has 12 apples left", "12"),
+        ("She pays $\\$1,250$ in total", "1250"),
+        ("Tom is 12 years older than Jane", "12"),
+        ("Tom has about 12 apples", None),
+        ("Tom has 12 more than x", None),
+        ("Tom has 12 apples and Jane has 5", None),
+        ("Tom has 12 apples and five pears", None),
+        ("In the 3rd week Tom has 12 apples", None),
+    ],
+)
+def test_sentence_number(sentence, number):
+    assert sentence_number(sentence) == number
+
+
+def test_word_answers_and_unit_tails():
+    assert is_word_answer("\\text{Triangular Prism}") and is_word_answer("neither")
+    assert not is_word_answer("69\\text{ degrees}") and not is_word_answer(
+        "\\begin{pmatrix} 1 \\end{pmatrix}"
+    )
+    assert is_unit_tail(["km/h"]) and is_unit_tail(["more", "than", "last", "year"])
+    assert not is_unit_tail(["more", "than", "x"]) and not is_unit_tail(["hundred"])
+
+
+def test_plain_math():
+    assert plain_math("2⁵ and 10¹²") == "2^5 and 10^{12}"
+    assert plain_math("2**5") == "2^5" and plain_math("2 to the power of 5") == "2^{5}"
+    assert plain_math("**Answer:** 5") == "**Answer:** 5"
+    assert plain_math("5√2 and √(x+1)") == "5\\sqrt{2} and \\sqrt{x+1}"
+    assert plain_math("(−∞, 3)") == "(-\\infty , 3)" and plain_math("2½") == "2\\frac{1}{2}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the time limit
 
 
@@ -192,6 +335,6 @@ def test_slow_symbolic_check_is_cut_in_a_thread(monkeypatch):
             pass
 
     monkeypatch.setattr(math_verify, "verify", endless)
-    judges._parse_gold.cache_clear()
+    symbolic.parse_gold.cache_clear()
     result, seconds = _in_thread(lambda: symbolic_equal("\\sqrt{3}", "\\tan 60^\\circ", seconds=0.5))
     assert result is False and seconds < 5

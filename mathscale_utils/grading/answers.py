@@ -10,14 +10,13 @@ Three layers, each a small pure function of strings:
 * the declared answer: ``final_answer`` finds the last declaration ("The answer is X", "Final Answer: X",
   "Answer: X", "#### X" or a box) and cuts it where the declaration ends ("The answer is 90. Check: ..." -> "90");
 * comparison helpers: ``clean_answer`` (strip wrappers), ``normalise`` (one canonical string), ``answer_parts``
-  (a list split into its values), ``number_value`` (an exact number read from text with units, words, separators,
-  percents, money), ``choice_letter`` and ``text_key``.
+  (a list split into its values), ``restatements`` (one answer written several ways), ``choice_letter`` and
+  ``text_key``. Exact numbers (units, number words, money) are read in ``numbers.py``.
 """
 
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 # ----------------------------------------------------------------------------------------------------------------
 # boxes
@@ -100,7 +99,7 @@ _CLAUSE_END = re.compile(
 
 
 _MONEY_SPAN = re.compile(r"\d[^$]*\s[a-zA-Z]{2}")
-_ABBREVIATION = re.compile(r"\b(?:i\.e|e\.g|approx|vs|etc|cf|Mr|Mrs|Ms|Dr|St|No)\.$")
+ABBREVIATION = re.compile(r"\b(?:i\.e|e\.g|approx|vs|etc|cf|Mr|Mrs|Ms|Dr|St|No)\.$")
 
 
 def _line_end(text: str, i: int) -> int:
@@ -109,7 +108,7 @@ def _line_end(text: str, i: int) -> int:
     return len(text) if j == -1 else j
 
 
-def _math_ranges(line: str) -> list[tuple[int, int]]:
+def math_ranges(line: str) -> list[tuple[int, int]]:
     """Spans of ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and brace groups, inside which a declaration never ends."""
     ranges, i = [], 0
     while i < len(line):
@@ -142,11 +141,11 @@ def _math_ranges(line: str) -> list[tuple[int, int]]:
 def declaration_tail(line: str) -> str:
     """The answer part of the text that follows a declaration on its line: up to the first sentence break or
     explaining clause outside math ("90. Check: 90 + 55 = 145" -> "90"; "$3.5$, since ..." -> "$3.5$")."""
-    ranges = _math_ranges(line)
+    ranges = math_ranges(line)
     for m in _CLAUSE_END.finditer(line):
         inside = any(a <= m.start() < b for a, b in ranges)
         decimal = line[m.start()] == "." and m.start() + 1 < len(line) and line[m.start() + 1].isdigit()
-        abbreviation = line[m.start()] == "." and _ABBREVIATION.search(line, 0, m.start() + 1)
+        abbreviation = line[m.start()] == "." and ABBREVIATION.search(line, 0, m.start() + 1)
         if not inside and not decimal and not abbreviation and m.start() > 0:
             return line[: m.start()]
     return line
@@ -252,7 +251,7 @@ _TEXT_CMD = re.compile(
 _SPACING = re.compile(
     r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|(?<!\\)\\[!,;:> ]|\\q?quad\b|\\displaystyle\b"
 )
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b")
+DEGREE_MARK = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree\b")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d])")
 
 
@@ -279,7 +278,7 @@ def normalise(a: str) -> str:
     a = strip_thousands(a)
     a = unwrap_text(a).lower()
     a = _SPACING.sub(" ", a)
-    a = _DEGREES.sub("", a)
+    a = DEGREE_MARK.sub("", a)
     a = a.replace("dfrac", "frac").replace("tfrac", "frac").replace("bmatrix", "pmatrix")
     a = a.replace("\\%", "%").replace("\\$", "").replace("$", "")
     a = re.sub(r"\s+", "", a)
@@ -291,7 +290,7 @@ def normalise(a: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 _PART_SPLIT = re.compile(
-    r"\s*(?:[;,](?!\s*\(?\s*(?:i\.e\.|that is|in other words))(?:\s*(?:\\text\{\s*(?:or|and)\s*\}|(?:or|and)\s))?|\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)\b"
+    r"\s*(?:(?<!\\)[;,](?!\s*\(?\s*(?:i\.e\.|that is|in other words))(?:\s*(?:\\text\{\s*(?:or|and)\s*\}|(?:or|and)\s))?|\\text\{\s*(?:or|and)\s*\}|\\(?:quad|qquad)\b"
     r"|\s(?:or|and)\s)\s*"
 )
 
@@ -384,146 +383,6 @@ def restatements(a: str) -> list[str]:
     return [f for f in forms if f]
 
 
-_UNITS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-          "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-          "seventeen": 17, "eighteen": 18, "nineteen": 19, "zero": 0, "twenty": 20, "thirty": 30, "forty": 40,
-          "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}  # fmt: skip
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
-
-
-def words_to_number(s: str) -> int | None:
-    """A number written in English words ("nine", "twenty-five", "three hundred and two"), else None."""
-    s = s.lower().replace("-", " ").strip()
-    if not re.fullmatch(r"[a-z ]+", s):
-        return None
-    words = s.split()
-    if not words or any(w not in _UNITS and w not in _SCALES and w != "and" for w in words):
-        return None
-    if words[0] == "and" or words[-1] == "and":
-        return None
-    total, current = 0, 0
-    for w in words:
-        if w in _UNITS:
-            current += _UNITS[w]
-        elif w == "hundred":
-            current = max(current, 1) * 100
-        elif w in _SCALES:
-            total += max(current, 1) * _SCALES[w]
-            current = 0
-    return total + current
-
-
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-# words that change a number's value or make it an expression: never dropped as units
-_NOT_UNITS = {"pi", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "inf", "infty", "or",
-              "and", "plus", "minus", "times", "over", "divided", "squared", "cubed", "root", "roots", "power",
-              "hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion", "dozen", "dozens",
-              "half", "halves", "third", "thirds", "quarter", "quarters", "fourth", "fourths", "fifth", "fifths",
-              "tenth", "tenths", "hundredth", "hundredths", "percent", "degree", "degrees", "radian", "radians",
-              "not", "no", "less", "more", "than", "at", "least", "most", "about", "approximately", "to", "by"}  # fmt: skip
-_UNIT_WORD = re.compile(r"[a-zA-Z]{2,}\.?(?:\^\{?[23]\}?)?$")
-_FRAC = re.compile(r"^([-+]?)\\frac\{\s*([-+]?\d+)\s*\}\{\s*([-+]?\d+)\s*\}$")
-_MIXED = re.compile(r"^([-+]?)(\d+)\s*\\frac\{\s*(\d+)\s*\}\{\s*(\d+)\s*\}$")
-_SLASH = re.compile(r"^([-+]?\d+)\s*/\s*([-+]?\d+)$")
-
-
-def _is_unit_tail(words: list[str]) -> bool:
-    """Plain unit words ("square inches", "digits", "km/h"): two letters or more, none that is mathematics or that
-    changes the value ("pi", "hundred", "squared", "percent" is handled apart)."""
-    for w in words:
-        for piece in w.split("/"):
-            if piece and (
-                not _UNIT_WORD.match(piece) or piece.rstrip(".").split("^")[0].lower() in _NOT_UNITS
-            ):
-                return False
-    return True
-
-
-def _strip_units(a: str) -> str:
-    """Drop unit text after a number: ``\\text{...}`` / ``\\mbox{...}`` groups (with a following ``^2``) and plain
-    unit words ("864 square inches", "5 digits", "18 dollars"); keep mathematics (``5x``, ``5\\pi``, "5 hundred").
-    "percent" becomes ``%``."""
-    a = re.sub(r"\\(?:text|mbox|textrm|mathrm)\s*\{\s*percent\s*\}|\s+percent\b", "%", a)
-    if re.match(rf"^\s*{_NUMBER}", a):
-        a = re.sub(r"\\(?:text|mbox|textrm|mathrm)\s*\{[^{}]*\}(?:\s*\^\s*\{?\s*[23]\s*\}?)?", " ", a)
-    m = re.match(rf"^\s*({_NUMBER}(?:\s*\\?%)?)\s+(.*)$", a, re.S)
-    if m and m.group(2).strip() and _is_unit_tail(m.group(2).split()):
-        return m.group(1)
-    return a.strip()
-
-
-_MATH_DOLLAR = re.compile(
-    r"(?<!\\)\$(?=.*(?<!\\)\$)|(?<=\S)(?<!\\)\$"
-)  # "$0.75$ as a decimal": math, not money
-_AS_FORM = re.compile(
-    r"\s*\(?\s*\b(?:as|in)\s+(?:an?\s+)?(?:decimal|fraction|percent(?:age)?|mixed number|integer|simplest form"
-    r"|lowest terms|radical form)\)?\s*$",
-    re.I,
-)
-_UNIT_TEXT = re.compile(
-    r"\\(?:text|mbox|textrm|mathrm)\s*\{(?!\s*(?:or|and)\s*\})\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?[23]\}?)?"
-)
-
-
-def strip_unit_text(a: str) -> str:
-    """An expression without the unit text after it: ``16\\pi \\text{ square units}`` -> ``16\\pi``,
-    ``8\\sqrt{3} cm`` -> ``8\\sqrt{3}``; the expression itself is kept whole (nothing left: unchanged)."""
-    b = _UNIT_TEXT.sub(" ", _AS_FORM.sub("", a)).strip()
-    words = b.split()
-    k = len(words)
-    while k > 1 and _is_unit_tail(words[k - 1 :]) and re.fullmatch(r"[A-Za-z]+\.?", words[k - 1]):
-        k -= 1
-    b = " ".join(words[:k]).strip()
-    return b or a
-
-
-def _words_value(a: str) -> int | None:
-    """A number in words, possibly followed by unit words ("nine", "five digits", "twenty-five cents")."""
-    words = a.split()
-    for k in range(len(words), 0, -1):
-        v = words_to_number(" ".join(words[:k]))
-        if v is not None:
-            return v if _is_unit_tail(words[k:]) else None
-    return None
-
-
-def number_value(a: str) -> Fraction | None:
-    """The exact value of an answer that is one number, or None: integers and decimals with thousands separators,
-    ``a/b``, ``\\frac{a}{b}``, mixed numbers (``2\\frac{1}{4}``), money (``\\$1,080.00``), percents (the sign is
-    dropped: "25%" reads as 25), units or words after the number, number words ("nine"), ``x = 5``."""
-    a = strip_thousands(clean_answer(a))
-    a = strip_assignment(_AS_FORM.sub("", _MATH_DOLLAR.sub("", a)))
-    a = _DEGREES.sub("", a)
-    a = re.sub(r"\\(?:left|right)|\\[!,;: ]", "", a).replace("dfrac", "frac").replace("tfrac", "frac")
-    a = re.sub(r"^(-?)\s*\\?\$\s*", r"\1", a.strip())  # currency sign
-    a = _strip_units(a)
-    a = re.sub(r"\s*\\?%$", "", a.strip()).replace("$", "").strip()
-    a = re.sub(r"^\{(.*)\}$", r"\1", a)
-    if re.fullmatch(_NUMBER, a):
-        if abs(int(re.split(r"[eE]", a + "e0")[1] or 0)) > 1000:
-            return None  # "1e999999999": not computed
-        try:
-            return Fraction(a)
-        except (ValueError, ZeroDivisionError):
-            return None
-    for rx in (_FRAC, _SLASH):
-        m = rx.match(a)
-        if m:
-            sign, num, den = (
-                (m.group(1), m.group(2), m.group(3)) if rx is _FRAC else ("", m.group(1), m.group(2))
-            )
-            if int(den) == 0:
-                return None
-            v = Fraction(int(num), int(den))
-            return -v if sign == "-" else v
-    m = _MIXED.match(a)
-    if m and int(m.group(4)) != 0:
-        v = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
-        return -v if m.group(1) == "-" else v
-    w = _words_value(unwrap_text(a).strip())
-    return None if w is None else Fraction(w)
-
-
 _CHOICE = re.compile(
     r"^(?:\\textbf\{|\\text\{|\\mathrm\{|\{)*\s*(?:option|choice)?\s*\(?\s*([A-Ea-e])\s*\)?\s*\}*"
     r"(?:\s*[:.)]?\s*(?P<rest>.*))?$",
@@ -564,23 +423,76 @@ def text_key(a: str) -> str:
     return _ARTICLES.sub("", a)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# plain-text mathematics written as LaTeX
+
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_POWER_WORDS = re.compile(
+    r"(\d+)\s+(?:to|raised to)\s+the\s+(?:power\s+of\s+(\d+)|(\d+)(?:st|nd|rd|th)\s+power)\b"
+)
+_SYMBOLS = {
+    "−": "-",
+    "×": "\\times ",
+    "·": "\\cdot ",
+    "÷": "\\div ",
+    "∞": "\\infty ",
+    "π": "\\pi ",
+    "≤": "\\le ",
+    "≥": "\\ge ",
+    "≠": "\\ne ",
+    "½": "\\frac{1}{2}",
+    "⅓": "\\frac{1}{3}",
+    "⅔": "\\frac{2}{3}",
+    "¼": "\\frac{1}{4}",
+    "¾": "\\frac{3}{4}",
+}
+_ROOT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\((?:[^()]|\([^()]*\))*\)|\{[^{}]*\})")
+
+
+def plain_math(text: str) -> str:
+    """Mathematics typed in plain text, as LaTeX: ``2⁵`` -> ``2^5``, ``2**5`` -> ``2^5``, "2 to the power of 5" ->
+    ``2^{5}``, ``5√2`` -> ``5\\sqrt{2}``, ``√(x+1)`` -> ``\\sqrt{x+1}``, ``−∞`` -> ``-\\infty``, ``×``, ``÷``, ``π``,
+    ``½``."""
+    if text.isascii():
+        return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", _py_power(text))
+    text = re.sub(r"[⁰¹²³⁴⁵⁶⁷⁸⁹]+", lambda m: _superscript(m.group()), text)
+    text = _ROOT.sub(lambda m: "\\sqrt{" + _inside(m.group(1)) + "}", text)
+    text = "".join(_SYMBOLS.get(c, c) for c in text)
+    return _POWER_WORDS.sub(lambda m: f"{m.group(1)}^{{{m.group(2) or m.group(3)}}}", _py_power(text))
+
+
+def _inside(group: str) -> str:
+    """A root's argument without its own brackets: "(x+1)" -> "x+1", "2" -> "2"."""
+    return group[1:-1] if group[0] in "({" else group
+
+
+def _superscript(digits: str) -> str:
+    d = digits.translate(_SUPERSCRIPTS)
+    return "^" + d if len(d) == 1 else "^{" + d + "}"
+
+
+def _py_power(text: str) -> str:
+    return re.sub(r"(?<=[\d)}])\*\*(?=[\d({])", "^", text)
+
+
 __all__ = [
     "closing_brace",
     "boxed_spans",
     "last_boxed",
     "find_boxed",
+    "DEGREE_MARK",
     "final_answer",
     "declaration_tail",
+    "math_ranges",
+    "ABBREVIATION",
     "clean_answer",
     "normalise",
     "unwrap_text",
     "strip_thousands",
     "answer_parts",
     "strip_assignment",
-    "strip_unit_text",
     "restatements",
-    "words_to_number",
-    "number_value",
     "choice_letter",
     "text_key",
+    "plain_math",
 ]

@@ -5,43 +5,27 @@ Written from the protocol description in ``docs/METHOD.md`` §8 (the official dr
 ``mathscale/MWPBench/eval_vllm``); no upstream code is copied.
 
 The strict judge reads the answer the completion declares (``answers.final_answer``) and compares it by value
-(``answers_equivalent``): the score we recommend for honest numbers. Symbolic checks (math-verify) are guarded
-against pathological inputs and time-limited in any thread (``too_costly``, ``time_limit``).
+(``answers_equivalent``): the score we recommend for honest numbers. Numbers are read in ``numbers.py``, answers
+stated in sentences or as equations in ``statements.py``, and symbolic checks (math-verify, guarded and
+time-limited in any thread) run in ``symbolic.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
-import math
 import re
-import threading
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any
 
 from mathscale_utils.grading import answers as _answers
+from mathscale_utils.grading import statements as _statements
+from mathscale_utils.grading.numbers import number_value, strip_unit_text
 from mathscale_utils.grading.paper_judge import PaperVerdict, paper_judge
-
-log = logging.getLogger(__name__)
-
-
-def _drop_timeout_notice(record: logging.LogRecord) -> bool:
-    """math-verify warns once that its timeouts are off; ``time_limit`` provides them (see ``symbolic_equal``)."""
-    return "Timeout is disabled" not in record.getMessage()
-
-
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_drop_timeout_notice)
+from mathscale_utils.grading.statements import is_textual
+from mathscale_utils.grading.symbolic import symbolic_equal, time_limit, too_costly
 
 __all__ = [
-    "SYMBOLIC_SECONDS",
-    "SymbolicTimeout",
-    "time_limit",
-    "too_costly",
-    "is_textual",
-    "symbolic_equal",
     "structure",
+    "structures_equal",
     "answers_equivalent",
     "StrictVerdict",
     "strict_judge",
@@ -49,179 +33,6 @@ __all__ = [
     "JUDGES",
     "verdict_dict",
 ]
-
-# ================================================================================================================
-# the strict judge: the declared answer, compared by value (answers.py, then math-verify)
-
-SYMBOLIC_SECONDS = 5.0  # wall-clock limit of one symbolic comparison, in any thread
-
-
-class SymbolicTimeout(BaseException):
-    """A symbolic check ran past its time limit. A BaseException, so that math-verify's ``except Exception``
-    handlers let it through (its own TimeoutException is one too)."""
-
-
-class _Deadline:
-    """Raise SymbolicTimeout in the calling thread after ``seconds`` (CPython's asynchronous exception).
-
-    Unlike math-verify's signal.alarm this works in any thread. The exception is delivered between bytecodes, so a
-    single long C call (a huge integer power) is not interrupted: ``too_costly`` keeps those out beforehand.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.tid = threading.get_ident()
-        self.lock = threading.Lock()
-        self.state = "armed"  # armed -> fired | done
-        self.timer = threading.Timer(seconds, self._fire)
-        self.timer.daemon = True
-
-    def _fire(self) -> None:
-        """Raise in the watched thread, and again every 0.25 s until the block ends: an asynchronous exception that
-        lands in a finaliser (a weakref callback during garbage collection) is printed and dropped by Python."""
-        with self.lock:
-            if self.state == "done":
-                return
-            self.state = "fired"
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.tid), ctypes.py_object(SymbolicTimeout)
-            )
-            self.timer = threading.Timer(0.25, self._fire)
-            self.timer.daemon = True
-            self.timer.start()
-
-    def __enter__(self) -> _Deadline:
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            fired, self.state = self.state == "fired", "done"
-            self.timer.cancel()
-        if fired:  # a pending exception not raised yet must not leak into the caller's next lines
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.tid), None)
-
-
-def time_limit(seconds: float = SYMBOLIC_SECONDS) -> _Deadline:
-    """``with time_limit(s): ...`` raises SymbolicTimeout when the block runs longer than ``s`` seconds."""
-    return _Deadline(seconds)
-
-
-_POW_NUM = re.compile(r"(\d+(?:\.\d+)?)\s*\}?\s*\^\s*(?:\{\s*(\d+)\s*\}|(\d))")
-_EXPONENT = re.compile(r"\^\s*\{")
-_FACTORIAL = re.compile(r"(\d+)\s*!")
-_GROUP_FACTORIAL = re.compile(r"\^\s*\{?\s*\d+\s*\}?\s*[)}]\s*!")
-MAX_DIGITS = 100_000  # a number with more digits than this is not computed
-MAX_SYMBOLIC_CHARS = 1_500
-
-
-def too_costly(latex: str, max_chars: int | None = MAX_SYMBOLIC_CHARS) -> bool:
-    """True for text that symbolic evaluation must not touch: a numeric power tower (``2003^{2002^{2001}}``), a
-    power or factorial with more than MAX_DIGITS digits, or (with ``max_chars``) a very long expression. The big
-    integer arithmetic happens in single C calls that no time limit can interrupt, hence a guard beforehand."""
-    if max_chars is not None and len(latex) > max_chars:
-        return True
-    for m in _EXPONENT.finditer(latex):
-        end = _answers.closing_brace(latex, m.end())
-        inner = latex[m.end() : (end or len(latex)) - 1]
-        if _POW_NUM.search(inner) or _FACTORIAL.search(inner):
-            return True
-    for m in _POW_NUM.finditer(latex):
-        base, exp = float(m.group(1)), int(m.group(2) or m.group(3))
-        if base > 1 and exp * math.log10(base) > MAX_DIGITS:
-            return True
-    if any(int(n) > 20_000 for n in _FACTORIAL.findall(latex)):  # 20000! has about 77,000 digits
-        return True
-    return bool(_GROUP_FACTORIAL.search(latex))  # "(10^{5})!": a factorial of a power
-
-
-_FUNCTION_WORDS = {
-    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log", "ln",
-    "exp", "lim", "max", "min", "det", "gcd", "lcm", "mod", "sqrt", "frac", "pmod", "bmod", "deg",
-}  # fmt: skip
-
-
-def is_textual(gold: str) -> bool:
-    """A reference that is words rather than mathematics ("Triangular Prism", "diverges", "\\text{yes}")."""
-    t = re.sub(r"\\(?!text)[A-Za-z]+", " ", gold)
-    t = t.replace("\\text", " ")
-    return any(w.lower() not in _FUNCTION_WORDS for w in re.findall(r"[A-Za-z]{3,}", t))
-
-
-_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
-
-
-@lru_cache(maxsize=8192)
-def _parse_gold(gold: str) -> tuple[list, ...]:
-    """The gold's readings for math-verify (empty tuple: unparseable). A trailing sentence period is dropped; a gold
-    with math delimiters is parsed as is, else as ``\\boxed{gold}``; a gold with (unescaped) ``$`` also gets a second
-    reading with every such ``$`` removed, inside one box (textbook answers split one expression over several
-    ``$`` spans). Call inside ``time_limit``."""
-    from math_verify import parse
-
-    g = re.sub(r"[\s.]+$", "", gold.strip()) or gold.strip()
-    readings = []
-    dollars = _UNESCAPED_DOLLAR.search(g) is not None  # "\\$40" is a price, not a math delimiter
-    if dollars or any(d in g for d in ("\\(", "\\[", "\\boxed")):
-        readings.append(parse(g, parsing_timeout=None))
-        if dollars:
-            readings.append(parse("\\boxed{" + _UNESCAPED_DOLLAR.sub("", g) + "}", parsing_timeout=None))
-    else:
-        readings.append(parse("\\boxed{" + g + "}", parsing_timeout=None) or parse(g, parsing_timeout=None))
-    return tuple(r for r in readings if r and _covers(r, g))
-
-
-def _covers(reading: list, source: str) -> bool:
-    """math-verify read (most of) the text, not one piece of it: "5" is not a reading of
-    ``\\underbrace{55\\ldots 5}_{49}805``, and a comparison on it would be meaningless."""
-    text = reading[-1] if len(reading) > 1 and isinstance(reading[-1], str) else None
-    if text is None:
-        return True
-    return 2 * len(_answers.normalise(text)) >= len(_answers.normalise(source))
-
-
-_TRIG = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)\b")
-_DEGREE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{?\s*\\circ\s*\}?|°)")
-
-
-def for_sympy(latex: str) -> str:
-    """Degrees that math-verify would drop: inside a trigonometric function ``60^\\circ`` becomes
-    ``\\frac{60\\pi}{180}`` (math-verify reads ``\\sin 60^\\circ`` as the sine of 60 radians); elsewhere the mark
-    goes (an angle of 90 degrees is the number 90)."""
-    if _TRIG.search(latex):
-        return _DEGREE.sub(r"\\frac{\1\\pi}{180}", latex)
-    return _DEGREE.sub(r"\1", latex)
-
-
-def _parse_prediction(span: str) -> list:
-    """math-verify's reading of a prediction span: as LaTeX (``$span$``), else as plain text."""
-    from math_verify import parse
-
-    pred = parse("$" + span + "$", parsing_timeout=None) or parse(span, parsing_timeout=None)
-    return pred if pred and _covers(pred, span) else []
-
-
-_RATIO = re.compile(r"\d\s*:\s*\d")
-
-
-def symbolic_equal(prediction: str, gold: str, seconds: float = SYMBOLIC_SECONDS) -> bool:
-    """math-verify's ``verify`` of one prediction span against the gold, within ``seconds`` in any thread; False
-    for expressions ``too_costly`` to evaluate, for times and ratios ("7:20", which math-verify reads as 7), for a
-    reading that covers only a piece of the text (``_covers``) and on a timeout."""
-    if too_costly(prediction) or too_costly(gold):
-        return False
-    if _RATIO.search(prediction) or _RATIO.search(gold):  # math-verify reads "7:20 p.m." as 7
-        return False
-    from math_verify import verify
-
-    try:
-        with time_limit(seconds):
-            golds = _parse_gold(for_sympy(gold))
-            pred = _parse_prediction(for_sympy(prediction)) if golds else []
-            return bool(pred) and any(verify(g, pred, timeout_seconds=None) for g in golds)
-    except SymbolicTimeout:
-        log.info("strict judge: symbolic check timed out (%r vs %r)", prediction[:80], gold[:80])
-        return False
 
 
 # --- structures: vectors, matrices, tuples, intervals, sets ------------------------------------------------------
@@ -318,30 +129,62 @@ def _gold_choice(gold: str) -> str | None:
 def answers_equivalent(prediction: str, gold: str) -> tuple[bool, str]:
     """``(same, rule)``: whether a declared answer says the same as the gold, and which rule decided.
 
+    Both sides are first read as LaTeX where typed as plain text (``answers.plain_math``: "2⁵", "5√2", "−∞").
     Rules, first that applies: "exact" (same normal form, ``answers.normalise``); "choice" (gold is an option letter:
-    the same letter, in any form); "restated" (the answer written several ways, "\\frac{3}{4}, i.e. 0.75" or
-    "2 + 3 = 5": every form must be right); "parts" (a list on either side: the same values in any order, so an
-    extra root is wrong); "structure" (vectors, matrices, tuples, intervals, sets in any bracket style, entry by
-    entry); "numeric" (both one exact number: units, words, separators, money, percents read off; equal as
-    fractions, so 0.3333 is not 1/3); "text" (a textual gold: the same words, articles and ``\\text{}`` aside);
-    "symbolic" (math-verify, guarded and time-limited; ``\\tan 60^\\circ`` = ``\\sqrt{3}``).
+    the same letter, in any form); "numeric" (both one exact number, ``numbers.number_value``: units, words, scale
+    words, separators, money, percents read off; equal as fractions, so 0.3333 is not 1/3; a percent on one side
+    only may also be read as a fraction, "50%" for 1/2); "parts" (a list on either side: the same values in any
+    order, so an extra root is wrong); "restated" (the answer written several ways, "\\frac{3}{4}, i.e. 0.75" or
+    "2 + 3 = 5": every form must be right); "named" (an equation whose other sides name the quantity, "P+Q = 7",
+    "r^2 = 5+\\sqrt{2}": its value must be right; "named_zero" refuses a polynomial set to zero); "structure"
+    (vectors, matrices, tuples, intervals, sets in any bracket style, entry by entry); "time" (a clock time, "3:30
+    PM" for "3:30"); "text" (a textual gold: the same words, articles and ``\\text{}`` aside); "symbolic"
+    (math-verify, guarded and time-limited; ``\\tan 60^\\circ`` = ``\\sqrt{3}``, ``2^5`` = 32).
     """
     if not prediction or not prediction.strip():
         return False, "empty"
+    prediction, gold = _answers.plain_math(prediction), _answers.plain_math(gold)
     g_norm = _answers.normalise(gold)
     if g_norm and _answers.normalise(prediction) == g_norm:
         return True, "exact"
     letter = _gold_choice(gold)
     if letter:
         return _answers.choice_letter(prediction, strict=False) == letter, "choice"
+    pv, gv = number_value(prediction), number_value(gold)
+    if pv is not None and gv is not None:  # before lists: "12 dollars and 50 cents" is one number
+        return _same_number(prediction, gold, pv, gv), "numeric"
     lists = _lists_equal(prediction, gold)
     if lists is not None:
         return lists, "parts"
     if "=" not in _answers.strip_assignment(_answers.clean_answer(gold)):
         forms = _answers.restatements(prediction)
         if len(forms) > 1:
-            return all(answers_equivalent(f, gold)[0] for f in forms), "restated"
+            return _restated_equal(forms, gold)
     return _values_equal(prediction, gold)
+
+
+_EQUATION = re.compile(
+    r"[a-zA-Z]\s*\^\s*\{?\s*\d|\d\s*[a-zA-Z]"
+)  # a power of a variable, a coefficient: "x^2 - 7x"
+
+
+def _restated_equal(forms: list[str], gold: str) -> tuple[bool, str]:
+    """An answer written several ways: every form must be the gold ("restated"), except the forms that name the
+    quantity ("P+Q = 7", "r^2 = 5+\\sqrt{2}", "\\text{Total} = 12": "named") when the gold is a value without
+    variables; at least one form must be a value. An equation set to zero ("x^2 - 5x + 6 = 0") names nothing
+    ("named_zero"), unless the question asks for its left side (``strict_judge``)."""
+    names = [f for f in forms if _statements.is_name(f)]
+    values = [f for f in forms if f not in names]
+    g = strip_unit_text(_answers.clean_answer(gold))
+    if (
+        names
+        and values
+        and (number_value(gold) is not None or not (_statements.free_letters(g) or is_textual(g)))
+    ):
+        if number_value(values[-1]) == 0 and any(_EQUATION.search(n) for n in names):
+            return False, "named_zero"  # an equation to solve, unless the question asks for its left side
+        return all(answers_equivalent(v, gold)[0] for v in values), "named"
+    return all(answers_equivalent(f, gold)[0] for f in forms), "restated"
 
 
 def _lists_equal(prediction: str, gold: str) -> bool | None:
@@ -370,23 +213,41 @@ def _lists_equal(prediction: str, gold: str) -> bool | None:
     return False
 
 
+_PERCENT = re.compile(r"\\?%|\bper\s*cent\b|\bpercent\b")
+_TIME = re.compile(r"^(\d{1,2}):(\d{2})\s*(?:([ap])\.?\s*m\.?)?$", re.I)
+
+
+def _same_number(prediction: str, gold: str, pv, gv) -> bool:
+    """Two exact numbers are the same answer: equal, or equal once a percent on one side only is read as a
+    fraction ("50%" for 1/2, "0.25" for "25\\%"); percents are otherwise read by their number ("25%" for 25)."""
+    if pv == gv:
+        return True
+    pp, gp = bool(_PERCENT.search(prediction)), bool(_PERCENT.search(gold))
+    return pp != gp and (pv / 100 == gv if pp else gv / 100 == pv)
+
+
 def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
     """One value against one value: exact form, structure, exact number, words, then symbolic."""
-    p = _answers.strip_assignment(_answers.clean_answer(prediction))
+    p = _answers.strip_assignment(re.sub(r"^=\s*", "", _answers.clean_answer(prediction)))
     g = _answers.strip_assignment(_answers.clean_answer(gold))
     if _answers.normalise(g) and _answers.normalise(p) == _answers.normalise(g):
         return True, "exact"
     ps, gs = structure(p), structure(g)
     if ps and gs:
         return structures_equal(ps, gs), "structure"
-    pv, gv = _answers.number_value(p), _answers.number_value(g)
+    pv, gv = number_value(p), number_value(g)
     if pv is not None and gv is not None:
-        return pv == gv, "numeric"
+        return _same_number(p, g, pv, gv), "numeric"
+    pt, gt = _TIME.match(_answers.unwrap_text(p).strip()), _TIME.match(_answers.unwrap_text(g).strip())
+    if pt and gt:  # "3:30 PM" for "3:30": the same clock time, and the same half of the day where both say it
+        halves = {(m.group(3) or "").lower() for m in (pt, gt)} - {""}
+        return pt.group(1, 2) == gt.group(1, 2) and len(halves) < 2, "time"
     if gv is None and is_textual(g):
         return bool(_answers.text_key(g)) and _answers.text_key(p) == _answers.text_key(g), "text"
     if pv is not None and is_textual(p) and gv is None:
         return False, "numeric"  # "5 apples" against an expression
-    return symbolic_equal(_answers.strip_unit_text(p), _answers.strip_unit_text(g)), "symbolic"
+    p, g = (_answers.strip_thousands(strip_unit_text(x)) for x in (p, g))
+    return symbolic_equal(p, g), "symbolic"
 
 
 # --- the judge ------------------------------------------------------------------------------------------------------
@@ -394,13 +255,17 @@ def _values_equal(prediction: str, gold: str) -> tuple[bool, str]:
 
 @dataclass
 class StrictVerdict:
+    """The strict judge's verdict: ``correct``; ``extracted``, the answer it compared (None when none was found);
+    ``method``, the rule that decided (``answers_equivalent``'s rules, "named_other", "long_form", "stated_text",
+    "sentence_number", "no_answer", "none", "error"); ``error``, the exception text when one was raised;
+    ``source``, "declared" (the completion states its answer) or "last" (it declares none: math-verify's own
+    extraction, or for a textual gold the concluding sentence)."""
+
     correct: bool
     extracted: str | None
     method: str
     error: str | None = None
-    source: str | None = (
-        None  # "declared" (the completion states its answer) | "last" (math-verify's extraction)
-    )
+    source: str | None = None
 
 
 def _undeclared_answer(text: str) -> str | None:
@@ -411,7 +276,7 @@ def _undeclared_answer(text: str) -> str | None:
     if too_costly(text, max_chars=None):
         return None
     with time_limit():
-        pred = parse(text, parsing_timeout=None)
+        pred = parse(_answers.plain_math(text).replace("\\$", " "), parsing_timeout=None)
     return str(pred[-1]) if pred else None
 
 
@@ -428,18 +293,65 @@ def _same_text(prediction: str, gold: str) -> bool:
     )
 
 
-def strict_judge(completion: str | None, reference: str) -> StrictVerdict:
+def _textual_gold(reference: str) -> bool:
+    """A gold that is words only, not an option letter ("\\text{Wednesday}", "parabola", "Triangular Prism")."""
+    return _statements.is_word_answer(reference) and _gold_choice(reference) is None
+
+
+_SINGLE_SYMBOL = re.compile(r"^\s*\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*$")
+
+
+def _equation_names(cand: str) -> list[str]:
+    """The sides of an equation answer that name a quantity, a single symbol ("x" of "x = 5") aside."""
+    sides = re.split(r"(?<![<>!\\])=(?!=)", _answers.clean_answer(cand))
+    return [s for s in sides if _statements.is_name(s) and not _SINGLE_SYMBOL.match(s)]
+
+
+def _names_other_quantity(cand: str, question: str | None) -> bool:
+    """The answer is an equation whose left side names a quantity other than the one the question asks for ("P+Q
+    = 7" for "Find $P$"). A single symbol ("x = 5") is taken as the solution's name for the unknown."""
+    return any(_statements.name_asked(n, question) is False for n in _equation_names(cand))
+
+
+def _names_asked_quantity(cand: str, question: str | None) -> bool:
+    """Every name in an equation answer is what the question asks for ("6b = 0" for "What is $6b$?")."""
+    names = _equation_names(cand)
+    return bool(names) and all(_statements.name_asked(n, question) for n in names)
+
+
+def _stated(text: str, cand: str | None, declared: bool, reference: str) -> tuple[str, str] | None:
+    """``(answer, rule)`` when the completion states the gold in a sentence rather than declaring it: a textual
+    gold as what something is ("So the curve is a parabola."), or the one number of a declared sentence ("The
+    answer is: Tom has 12 apples left")."""
+    if _textual_gold(reference):
+        sentence = cand if declared else _statements.concluding_sentence(text)
+        if sentence and _statements.states_text(sentence, reference):
+            return sentence, "stated_text"
+        return None
+    gold_value = number_value(reference)
+    if declared and cand and gold_value is not None:
+        n = _statements.sentence_number(cand)
+        if n is not None and number_value(n) == gold_value:
+            return cand, "sentence_number"
+    return None
+
+
+def strict_judge(completion: str | None, reference: str, question: str | None = None) -> StrictVerdict:
     """The strict judge: the answer the completion declares, compared by value with the reference.
 
     The declared answer is the last "The answer is X" / "Final Answer: X" / "Answer: X" / "#### X" or box
     (``answers.final_answer``); whatever follows it (a check, a restatement, other numbers) is ignored, and a later
     declaration replaces an earlier one (a self-correction). A completion that declares nothing is read by
-    math-verify's own extraction. A reference that runs over several sentences or lines is also compared, as whole
-    text, with everything after the last answer phrase ("long_form"). The comparison is ``answers_equivalent``:
-    exact forms, option letters, lists,
-    structures, exact numbers (units, words, separators), textual answers, then math-verify. Symbolic work is
-    guarded (``too_costly``) and time-limited in any thread (``time_limit``); an error is judged wrong, with
-    ``error`` set.
+    math-verify's own extraction, and, for a textual gold, by its concluding sentence ("So the curve is a
+    parabola."). A reference that runs over several sentences or lines is also compared, as whole text, with
+    everything after the last answer phrase ("long_form"). The comparison is ``answers_equivalent``: exact forms,
+    option letters, lists, equations that name the quantity ("P+Q = 7"), structures, exact numbers (units, words,
+    separators), textual answers, then math-verify; then an answer stated in a sentence (``_stated``).
+
+    ``question`` (optional): the item's question. With it, an equation whose left side names another quantity than
+    the one asked for is wrong ("P+Q = 7" when the question asks for $P$); without it, the judge cannot tell and
+    takes the equation's value. Symbolic work is guarded (``too_costly``) and time-limited in any thread
+    (``time_limit``); an error is judged wrong, with ``error`` set.
     """
     text = completion or ""
     if not text.strip():
@@ -450,24 +362,33 @@ def strict_judge(completion: str | None, reference: str) -> StrictVerdict:
             cand, source = declared[0], "declared"
         else:
             cand, source = _undeclared_answer(text), "last"
-        if cand is None:
-            return StrictVerdict(False, None, "no_answer", source=source)
-        ok, rule = answers_equivalent(cand, reference)
-        if not ok and declared is not None and _LONG_FORM.search(reference.strip()):
+        ok, rule = answers_equivalent(cand, reference) if cand is not None else (False, "no_answer")
+        if ok and rule == "named" and _names_other_quantity(cand, question):
+            return StrictVerdict(False, cand, "named_other", source=source)
+        if rule == "named_zero" and _names_asked_quantity(cand, question):
+            forms = [f for f in _answers.restatements(cand) if not _statements.is_name(f)]
+            ok, rule = bool(forms) and all(answers_equivalent(f, reference)[0] for f in forms), "named"
+        if ok:
+            return StrictVerdict(True, cand, rule, source=source)
+        if declared is not None and _LONG_FORM.search(reference.strip()):
             whole = _answers.final_answer(text, whole=True)
             if whole and whole[0] != cand and _same_text(whole[0], reference):
                 return StrictVerdict(True, whole[0], "long_form", source=source)
-        return StrictVerdict(ok, cand, rule, source=source)
+        stated = _stated(text, cand, declared is not None, reference)
+        if stated is not None:
+            return StrictVerdict(True, stated[0], stated[1], source=source)
+        return StrictVerdict(False, cand, rule, source=source)
     except BaseException as e:  # SymbolicTimeout and math-verify's TimeoutException derive from BaseException
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
         return StrictVerdict(False, None, "error", f"{type(e).__name__}: {e}")
 
 
-def judge(completion: str | None, reference: str) -> dict[str, Any]:
-    """Both judges side by side, as the flat fields of a predictions.jsonl row."""
+def judge(completion: str | None, reference: str, question: str | None = None) -> dict[str, Any]:
+    """Both judges side by side, as the flat fields of a predictions.jsonl row (``question`` goes to the strict
+    judge only; the paper judge never sees it)."""
     pv = paper_judge(completion, reference)
-    sv = strict_judge(completion, reference)
+    sv = strict_judge(completion, reference, question)
     return {
         "extracted": pv.extracted,
         "paper_correct": pv.correct,

@@ -19,8 +19,9 @@ from mathscale_utils.core.artifacts import stage
 from mathscale_utils.core.io import DataError
 from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.data.benchmarks import FRESH_GAOKAO, MWPBENCH_DATASETS, load_mwpbench
-from mathscale_utils.grading.answers import final_answer, normalise, number_value
+from mathscale_utils.grading.answers import final_answer, normalise
 from mathscale_utils.grading.judges import answers_equivalent
+from mathscale_utils.grading.numbers import number_value
 from mathscale_utils.grading.paper_judge import paper_judge
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.llm import LLM
