@@ -351,3 +351,112 @@ def test_a_killed_chain_takes_its_vllm_server_with_it(tmp_path):
             pytest.fail(f"the server on port {port} outlived the process that started it")
     finally:
         parent.kill()
+
+
+def _vllm_params(tmp_path, monkeypatch, finetune: str):
+    """Params whose stage 05 starts the vLLM stand-in (tests/vllm_shim.py records its argv) for the student."""
+    import sys
+
+    from mathscale_utils.core.params import parse_params
+
+    shim = Path(__file__).resolve().parent / "vllm_shim.py"
+    monkeypatch.setenv("VLLM_SHIM_ARGS", str(tmp_path / "argv.json"))
+    return parse_params(
+        f"run_name: r\noutputs_dir: {tmp_path}\nfinetune: {{{finetune}}}\n"
+        f"evaluate: {{serve: vllm, vllm_command: ['{sys.executable}', '{shim}'], server_startup_s: 60}}\n"
+    )
+
+
+def _served_argv(P, tmp_path) -> tuple[list[str], str, list[dict]]:
+    """Start the student server as stage 05 does, ask it two questions; (its argv, the why line, the rows)."""
+    from mathscale_utils.inference.llm import LLM
+    from mathscale_utils.training.serve import request_kind, serving
+
+    with serving(P) as (cfg, why), LLM.for_stage(P, "05_evaluate", cfg, progress=False) as llm:
+        rows = run_eval(RECORDS[:2], llm, EvalConfig(), P.run.predictions, kind=request_kind(P, True))
+    return json.loads((tmp_path / "argv.json").read_text()), why, rows
+
+
+def test_a_qlora_adapter_is_served_on_the_4bit_base_it_was_trained_on(tmp_path, monkeypatch):
+    """QLoRA trained the adapter on an NF4 base with bf16 compute: vLLM quantizes the base the same way as it loads
+    it (--quantization bitsandbytes) and computes in bfloat16, the adapter unmerged on top."""
+    P = _vllm_params(
+        tmp_path, monkeypatch, "base_model: org/base-7b, prompt_format: alpaca, method: qlora, bf16: true"
+    )
+    P.run.adapter.mkdir(parents=True)
+    (P.run.adapter / "adapter_config.json").write_text("{}")
+    (P.run.adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    argv, why, rows = _served_argv(P, tmp_path)
+    assert argv[0] == "org/base-7b" and argv[argv.index("--quantization") + 1] == "bitsandbytes"
+    assert argv[argv.index("--dtype") + 1] == "bfloat16" and f"student={P.run.adapter}" in argv
+    assert "4-bit NF4" in why and [r["completion"] for r in rows] == [" The answer is 18."] * 2
+
+
+def test_the_training_card_says_how_the_student_is_served(tmp_path, monkeypatch):
+    """Stage 05 serves the student as stage 04's card recorded it, even when the finetune section changed since; a
+    LoRA trained in fp32 is served in float32, with no quantization."""
+    from mathscale_utils.core.io import write_json
+    from mathscale_utils.core.student_config import FinetuneConfig
+    from mathscale_utils.training.serve import serving_plan, vllm_args
+
+    P = _vllm_params(tmp_path, monkeypatch, "base_model: org/base-7b, method: qlora, bf16: true")
+    P.run.adapter.mkdir(parents=True)
+    (P.run.adapter / "adapter_config.json").write_text("{}")
+    (P.run.adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    args = vllm_args(P)
+    assert args[args.index("--quantization") + 1] == "bitsandbytes"
+    lora = serving_plan(FinetuneConfig(base_model="org/base-7b", method="lora"))
+    write_json(P.run.training_card, {"serving": lora})
+    args = vllm_args(P)
+    assert "--quantization" not in args and args[args.index("--dtype") + 1] == "float32"
+
+
+def test_llama_cpp_never_serves_a_qlora_adapter_on_the_gguf_base(tmp_path):
+    from mathscale_utils.core.params import parse_params
+    from mathscale_utils.training.serve import serving
+
+    P = parse_params(
+        f"run_name: r\noutputs_dir: {tmp_path}\nfinetune: {{base_model: smollm2-135m-instruct, method: qlora}}\n"
+        "evaluate: {serve: llama_cpp}\n"
+    )
+    P.run.adapter.mkdir(parents=True)
+    (P.run.adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (P.run.adapter / "adapter.gguf").write_bytes(b"gguf")
+    with pytest.raises(ValueError, match="4-bit NF4.*evaluate.serve: vllm"), serving(P):
+        pass
+    auto = P.model_copy(update={"evaluate": P.evaluate.model_copy(update={"serve": "auto"})})
+    with (
+        pytest.raises(ValueError, match="cannot serve"),
+        serving(auto),
+    ):  # auto does not pick llama.cpp either
+        pass
+
+
+def test_a_full_finetune_is_served_in_its_training_dtype_and_known_by_its_weights(tmp_path, monkeypatch):
+    """A full fine-tune trained with bf16 compute is served in bfloat16 (vLLM's "auto" would pick fp16 for its fp32
+    weights), and its identity is a content hash of the saved model files: new weights are a new student, a
+    rewritten training card is not."""
+    from mathscale_utils.training.serve import student_id
+
+    P = _vllm_params(
+        tmp_path, monkeypatch, "base_model: org/base-7b, prompt_format: alpaca, method: full, bf16: true"
+    )
+    model = P.run.adapter
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    assert student_id(P) is None  # no weights saved: no student
+    (model / "model.safetensors").write_bytes(b"full weights")
+    (model / "training_card.json").write_text('{"steps": 6}')
+    first = student_id(P)
+    (model / "training_card.json").write_text('{"steps": 6, "requests": {"ok": 2}}')
+    (model / "training_card.md").write_text("# another card")
+    assert student_id(P) == first and first.startswith("org/base-7b+full:")
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert student_id(P) != first
+    (model / "model.safetensors").write_bytes(b"full weights")
+    (model / "config.json").write_text('{"model_type": "mistral"}')
+    assert student_id(P) != first  # the config is part of the saved model
+    argv, why, rows = _served_argv(P, tmp_path)
+    assert argv[:3] == [str(model), "--served-model-name", "student"]
+    assert argv[argv.index("--dtype") + 1] == "bfloat16" and "--enable-lora" not in argv
+    assert rows[0]["model"].startswith("org/base-7b+full:") and "bfloat16" in why

@@ -509,3 +509,105 @@ def test_qlora_on_gpu(tmp_path):
     model = PeftModel.from_pretrained(model, str(tmp_path / "adapter"))
     enc = tok([tex.render_prompt(tok, ROWS[0]["question"])], return_tensors="pt").to(model.device)
     assert model.generate(**enc, max_new_tokens=8, do_sample=False).shape[1] > enc["input_ids"].shape[1]
+
+
+# ---- how the student is served, and trainings that cannot be resumed ------------------------------------------
+
+
+def test_each_recipe_is_served_as_it_was_trained():
+    """serve.serving_plan, which stage 04 writes into the training card: QLoRA on the 4-bit NF4 base (vLLM's
+    bitsandbytes quantization), training's compute dtype, a CPU LoRA on an embedded base through llama.cpp."""
+    from mathscale_utils.training.serve import serving_plan
+
+    q = serving_plan(ft.FinetuneConfig.gpu_recipe())
+    assert (q["engine"], q["weights"], q["quantization"], q["dtype"]) == (
+        "vllm",
+        "adapter",
+        "bitsandbytes",
+        "bfloat16",
+    )
+    f = serving_plan(ft.FinetuneConfig.full_recipe())
+    assert (f["engine"], f["weights"], f["quantization"], f["dtype"]) == ("vllm", "model", None, "bfloat16")
+    cpu = serving_plan(_cfg())
+    assert (cpu["engine"], cpu["weights"]) == ("llama_cpp", "adapter")
+    hf = serving_plan(_cfg(base_model="org/base-7b"))
+    assert (hf["engine"], hf["quantization"], hf["dtype"]) == ("vllm", None, "float32")
+
+
+@needs_model
+def test_the_training_card_says_how_the_student_is_served(trained):
+    cfg, run_dir, card = trained
+    saved = read_json(run_dir / "adapter" / "training_card.json")
+    assert saved["serving"]["engine"] == "llama_cpp" and saved["superseded"] == []
+    assert (
+        f"**Served as:** {saved['serving']['how']}." in (run_dir / "adapter" / "training_card.md").read_text()
+    )
+
+
+@needs_model
+def test_a_stage_03_change_never_deletes_the_earlier_training(trained, tmp_path):
+    """One row changed in mathscaleqa.jsonl: the run cannot resume, so it trains afresh, but the earlier
+    checkpoints, loss rows and student move to finetune/superseded/<time>/ with why.json, the log says so, and
+    the new card (JSON and Markdown) lists them."""
+    from mathscale_utils.core.artifacts import RunDir
+
+    cfg, run_dir, _ = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(run_dir, run.root)
+    weights = (run.adapter / "adapter_model.safetensors").read_bytes()
+    old_loss, old_card = read_jsonl(run.loss), read_json(run.training_card)
+    rows = read_jsonl(run.mathscaleqa)
+    rows[5] = {**rows[5], "solution": rows[5]["solution"] + "."}
+    write_jsonl(run.mathscaleqa, rows)
+    lines: list[str] = []
+    one_step = cfg.model_copy(update={"max_steps": 1})  # the step budget is not part of the resume key
+    new = ft.train(one_step, run.root, log=lines.append)
+    assert new["resumed_from"] is None and new["steps"] == 1
+    (aside,) = (run.finetune / "superseded").iterdir()
+    assert (aside / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert read_jsonl(aside / "loss.jsonl") == old_loss
+    assert read_json(aside / "adapter" / "training_card.json") == old_card
+    why = read_json(aside / "why.json")
+    assert "training data changed" in why["reason"] and why["path"] == str(aside) and why["bytes"] > 0
+    assert {"adapter", "checkpoints", "loss.jsonl", "resume_key.txt"} <= set(why["moved"])
+    warning = [line for line in lines if line.startswith("WARNING")]
+    assert len(warning) == 1 and str(aside) in warning[0] and "training data changed" in warning[0]
+    assert new["superseded"] == [why] and read_json(run.training_card)["superseded"] == [why]
+    assert str(aside) in run.training_card_md.read_text()
+    assert [r["step"] for r in read_jsonl(run.loss)] == [1]  # the new training's own rows only
+    config = ft.train(one_step.model_copy(update={"lr": 1e-3}), run.root, log=lines.append)
+    assert len(config["superseded"]) == 2 and "lr 0.002 -> 0.001" in config["superseded"][1]["reason"]
+
+
+@needs_model
+def test_a_resume_key_written_before_its_inputs_were_recorded_still_resumes(trained, tmp_path):
+    from mathscale_utils.core.artifacts import RunDir
+    from mathscale_utils.core.io import sha256_file
+    from mathscale_utils.training import resume
+
+    cfg, run_dir, _ = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(run_dir, run.root)
+    key = resume.resume_key(cfg, sha256_file(run.mathscaleqa))
+    assert run.resume_key.read_text().split("\n")[0] == key  # the key, then the inputs it was computed from
+    run.resume_key.write_text(key)  # as written before
+    assert Path(resume.checkpoint(cfg, run, key, resume=True)).name == "checkpoint-6"
+
+
+@needs_model
+def test_a_finished_run_writes_its_card_again(trained, tmp_path):
+    """The training card is stage 04's summary, which the chain requires each run of the stage to write: a re-run
+    over a finished training (the GPU path has no conversion step after it that would write the card) writes the
+    same card again, with how the student is served."""
+    from mathscale_utils.core.artifacts import RunDir
+
+    cfg, run_dir, _ = trained
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(run_dir, run.root)
+    before = read_json(run.training_card)
+    for card in (run.training_card, run.training_card_md):
+        os.utime(card, (1, 1))
+    again = ft.train(cfg, run.root, log=lambda m: None)
+    assert run.training_card.stat().st_mtime > 1 and run.training_card_md.stat().st_mtime > 1
+    assert again == read_json(run.training_card) == before

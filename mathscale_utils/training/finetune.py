@@ -22,7 +22,10 @@ by hand (main).
 Artifacts (in the run directory): finetune/loss.jsonl ({"step", "loss", "lr", "grad_norm", "epoch", "tokens",
 "elapsed_s"} appended as training goes), finetune/checkpoints/checkpoint-N (resumable), finetune/launch.log (the
 ranks' output), adapter/ (peft adapter, or with method full a whole HF model directory: config, safetensors,
-tokenizer; + training_card.md/json) and adapter/adapter.gguf (LoRA GGUF for `llama_cpp.server --lora_path`).
+tokenizer; + training_card.md/json, which says how the student is served: serve.serving_plan) and
+adapter/adapter.gguf (LoRA GGUF for `llama_cpp.server --lora_path`). A training that cannot resume (stage 03 wrote
+other rows, or the config changed) never deletes an earlier one: its checkpoints and student move to
+finetune/superseded/<UTC time>/ with why.json, the log says so, and the card lists them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # peft/transformers otherwise try the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import hashlib
 import json
 import resource
 import shutil
@@ -47,7 +49,6 @@ from mathscale_utils.core.io import (
     read_jsonl,
     sha256_file,
     write_json,
-    write_jsonl,
     write_text,
 )
 from mathscale_utils.core.student_config import FinetuneConfig
@@ -59,7 +60,9 @@ from mathscale_utils.training.examples import (
     split_rows,
     train_file,
 )
-from mathscale_utils.training.launch import LAUNCH_FILES, launch
+from mathscale_utils.training.launch import launch
+from mathscale_utils.training.resume import checkpoint, finished_card, resume_key, start_or_resume, superseded
+from mathscale_utils.training.serve import serving_plan
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
@@ -159,12 +162,6 @@ def _ckpt_arg() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
-def _resume_key(cfg: FinetuneConfig, data_sha: str) -> str:
-    """What must match for a checkpoint to be resumed (step budget and save cadence may change)."""
-    d = cfg.model_dump(exclude={"epochs", "max_steps", "save_steps", "save_total_limit", "max_new_tokens"})
-    return hashlib.sha256(json.dumps([d, data_sha], sort_keys=True).encode()).hexdigest()
-
-
 def peak_memory_gib() -> float:
     """Peak GPU memory allocated, or on CPU the process's peak RSS (includes everything it loaded before)."""
     import torch
@@ -223,26 +220,10 @@ def build_trainer(cfg: FinetuneConfig, args, examples: list[dict], model, tok, c
     )
 
 
-def _checkpoint(cfg: FinetuneConfig, run: RunDir, key: str, resume: bool) -> str | None:
-    """The last checkpoint to resume from, when its resume key matches (read only: every rank asks)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpt = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
-    ok = resume and ckpt and run.resume_key.exists() and run.resume_key.read_text() == key
-    return ckpt if ok else None
-
-
-def _start_or_resume(run: RunDir, ckpt: str | None, key: str) -> None:
-    """Rank 0: a fresh start clears finetune/ (but the launch log); a resume drops loss rows after the checkpoint."""
-    if not ckpt:
-        for p in run.finetune.glob("*") if run.finetune.is_dir() else []:
-            if p.name not in LAUNCH_FILES:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    else:
-        done = int(Path(ckpt).name.split("-")[-1])
-        rows = read_jsonl(run.loss, tolerate_torn_tail=True) if run.loss.exists() else []
-        write_jsonl(run.loss, [r for r in rows if r["step"] <= done])
-    write_text(run.resume_key, key)
+def write_card(run: RunDir, card: dict) -> None:
+    """The training card, JSON and Markdown (stage 04's summary: written by every run of the stage)."""
+    write_json(run.training_card, card)
+    write_text(run.training_card_md, render_card(card))
 
 
 def train(
@@ -254,42 +235,25 @@ def train(
     With resume, a run killed mid-way continues from its last checkpoint in run_dir/finetune/checkpoints (when the
     config and data are unchanged; otherwise it starts over). callbacks: extra TrainerCallbacks (live_loss_plot);
     log: where a launch's output lines go."""
-    if resume and (card := finished_card(cfg, RunDir(run_dir))):
-        log(
-            f"training already finished ({card['steps']} steps, same config and data): {RunDir(run_dir).adapter} kept"
-        )
+    run = RunDir(run_dir)
+    if resume and (card := finished_card(cfg, run)):
+        log(f"training already finished ({card['steps']} steps, same config and data): {run.adapter} kept")
+        card = {**card, "serving": serving_plan(cfg), "superseded": superseded(run)}
+        write_card(run, card)  # stage 04's summary, written by this run too (the chain checks that it was)
         return card
     if cfg.launcher == "accelerate":
         return launch(cfg, run_dir, resume=resume, callbacks=callbacks, log=log)
-    return train_here(cfg, run_dir, resume=resume, callbacks=callbacks)
-
-
-def finished_card(cfg: FinetuneConfig, run: RunDir) -> dict | None:
-    """The saved card when a run with this very config and data already trained to its last step, else None.
-
-    Resuming from the final checkpoint would make transformers' Trainer take one step more (it checks the step budget
-    only after a step), so a re-run of a finished run would train again and change the student. The checkpoint must
-    match the resume key (_checkpoint), and the card the step budget (which the key leaves out so it can grow)."""
-    if not run.training_card.exists():
-        return None
-    ckpt = _checkpoint(cfg, run, _resume_key(cfg, sha256_file(train_file(cfg, run.root))), resume=True)
-    state_file = Path(ckpt or "", "trainer_state.json")
-    if not state_file.is_file():
-        return None
-    state, card = read_json(state_file), read_json(run.training_card)
-    hp = card.get("hyperparameters") or {}
-    same_budget = all(hp.get(k) == getattr(cfg, k) for k in ("epochs", "max_steps"))
-    done = card.get("steps") == state.get("global_step", -1) >= state.get("max_steps", float("inf"))
-    return card if same_budget and done and any(run.adapter.glob("*.safetensors")) else None
+    return train_here(cfg, run_dir, resume=resume, callbacks=callbacks, log=log)
 
 
 def train_here(
-    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None
+    cfg: FinetuneConfig, run_dir: str | Path, resume: bool = True, callbacks: list | None = None, log=print
 ) -> dict:
     """Train in this process, one rank of however many `accelerate launch` started; the card on rank 0, else {}.
 
     Every rank trains on its share of each batch (DDP, or FSDP from the accelerate config); only rank 0 writes
-    loss.jsonl, the resume key, the saved model and the card."""
+    loss.jsonl, the resume key, the saved model and the card, and sets an earlier training aside (log: where it
+    says so; a launched rank's print reaches the launcher's log)."""
     import torch
     from accelerate import PartialState
     from transformers import set_seed
@@ -316,11 +280,12 @@ def train_here(
         for r in train_rows
     ]
 
-    key = _resume_key(cfg, data_sha)
-    ckpt = _checkpoint(cfg, run, key, resume)
+    key = resume_key(cfg, data_sha)
+    ckpt = checkpoint(cfg, run, key, resume)
     state.wait_for_everyone()
     if state.is_main_process:
-        _start_or_resume(run, ckpt, key)
+        inputs = {"data_file": str(data_path), "data_sha256": data_sha, "config": cfg.model_dump()}
+        start_or_resume(run, ckpt, key, inputs, resume, log)
     state.wait_for_everyone()
     trainer = build_trainer(
         cfg,
@@ -374,9 +339,10 @@ def train_here(
         "final_loss": curve[-1][1] if curve else None,
         "loss_curve": curve,
         "torch": torch.__version__,
+        "serving": serving_plan(cfg),
+        "superseded": superseded(run),
     }
-    write_json(run.training_card, card)
-    write_text(run.training_card_md, render_card(card))
+    write_card(run, card)
     return card
 
 
@@ -389,6 +355,16 @@ def render_card(card: dict) -> str:
         "loss on the response tokens only. An optimizer step sees `effective_batch` examples "
         "(per_device_batch x grad_accum x world_size).",
         "",
+    ]
+    if serving := card.get("serving"):
+        lines += [f"**Served as:** {serving['how']}.", ""]
+    for old in card.get("superseded") or []:
+        lines += [
+            f"**Earlier training set aside ({old['at']}):** {old['reason']}. Kept in `{old['path']}` "
+            f"({', '.join(old['moved'])}), not deleted.",
+            "",
+        ]
+    lines += [
         "| | |",
         "|---|---|",
     ]

@@ -4,8 +4,9 @@ one LLM client.
 
 On CPU the student is the embedded GGUF base with ``adapter/adapter.gguf`` (llama.cpp's ``convert_lora_to_gguf.py``
 turns the peft adapter into it, against the materialised base's config), served by the embedded llama.cpp server,
-about ten times faster than transformers. On a GPU box the adapter is served by vLLM (``evaluate.model`` and
-``evaluate.base_url``).
+about ten times faster than transformers. On a GPU box the student is served by vLLM, the way it was trained
+(``serving_plan``, recorded in the training card): a QLoRA adapter on the base quantized to 4-bit NF4 as it loads, in
+training's compute dtype.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mathscale_utils.core.artifacts import stage
-from mathscale_utils.core.io import read_jsonl, write_jsonl
+from mathscale_utils.core.io import DataError, read_json, read_jsonl, sha256_file, write_jsonl
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params
+from mathscale_utils.core.student_config import FinetuneConfig
 from mathscale_utils.core.templates import alpaca_prompt
 from mathscale_utils.inference.chat import ChatRequest
 from mathscale_utils.inference.llm import LLM
@@ -83,21 +85,95 @@ def convert_adapter_to_gguf(adapter_dir: str | Path, base_model: str, out: str |
     return out
 
 
+# in adapter/, next to the weights but not part of them
+CARD_FILES = ("training_card.json", "training_card.md")
+
+
+def serving_plan(cfg: FinetuneConfig) -> dict:
+    """How the student trained with cfg is served so that it computes what it computed in training; stage 04 writes
+    it into the training card ("serving") and stage 05 starts the server from it.
+
+    - qlora: the adapter, unmerged, on the base quantized to 4-bit NF4 with double quantization as vLLM loads it
+      (`--quantization bitsandbytes`: vLLM's in-flight quantization is bitsandbytes' quantize_4bit, nf4, with
+      compressed statistics, the same call on the same bf16 weights as transformers' BitsAndBytesConfig in
+      finetune.load_base). Merging was the other way; it is not taken: peft's merge into a 4-bit layer quantizes the
+      merged weight again (the adapter's update is lost to 4-bit rounding), and a merge into a bf16 copy of the
+      dequantized base is GPU-only code and 14 GB more on disk for a 7B model, to serve the same function.
+    - lora: the adapter, unmerged, on the base in the compute dtype (on CPU with an embedded base: llama.cpp with
+      adapter.gguf on the GGUF file the training weights were dequantized from).
+    - full: the saved model directory.
+
+    The dtype is training's compute dtype: bfloat16 with bf16 (a full fine-tune's fp32 master weights would be
+    served in fp16 by vLLM's "auto"), else float32."""
+    dtype = "bfloat16" if cfg.bf16 else "float32"
+    if cfg.method == "full":
+        how = f"the whole fine-tuned model, served by vLLM in {dtype} (training's compute dtype)"
+        return {"engine": "vllm", "weights": "model", "quantization": None, "dtype": dtype, "how": how}
+    if cfg.method == "qlora":
+        how = (
+            "the LoRA adapter, not merged, on the base quantized to 4-bit NF4 (double quantization) as it loads, "
+            f"as in training: vLLM --quantization bitsandbytes --dtype {dtype}"
+        )
+        return {
+            "engine": "vllm",
+            "weights": "adapter",
+            "quantization": "bitsandbytes",
+            "dtype": dtype,
+            "how": how,
+        }
+    if cfg.base_model in REGISTRY:
+        how = "the LoRA adapter as adapter.gguf on the embedded GGUF base the training weights came from (llama.cpp)"
+        return {"engine": "llama_cpp", "weights": "adapter", "quantization": None, "dtype": None, "how": how}
+    how = f"the LoRA adapter, not merged, on the base in {dtype} (training's compute dtype): vLLM --dtype {dtype}"
+    return {"engine": "vllm", "weights": "adapter", "quantization": None, "dtype": dtype, "how": how}
+
+
+def trained_serving(P: Params) -> dict:
+    """The serving plan stage 04 recorded in the training card, else the one of the finetune section."""
+    try:
+        card = read_json(P.run.training_card) if P.run.training_card.exists() else {}
+    except DataError:
+        card = {}
+    return card.get("serving") or serving_plan(P.finetune)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, remembered for this process while its size and mtime stay (a 7B model is 14-28 GB)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 def student_id(P: Params) -> str | None:
     """What stage 04 trained, for cache keys and prediction rows: the base and a content hash of the trained weights
-    (the peft adapter, else the GGUF adapter, else the full model's training card), the same however it is served;
-    None when there is no trained student. A later student, retrained, is then never answered from the cache."""
+    (the peft adapter, else the GGUF adapter; for a full fine-tune every file of the saved model directory but the
+    training card), the same however it is served; None when there is no trained student. A later student,
+    retrained, is then never answered from the cache."""
     run, base = P.run, P.finetune.base_model
     weights = sorted(run.adapter.glob("adapter_model*.safetensors")) or sorted(run.adapter.glob("*.gguf"))
-    kind = "lora"
-    if not weights and run.training_card.exists() and (run.adapter / "config.json").exists():
-        weights, kind = [run.training_card], "full"
-    if not weights:
+    if weights:
+        h = hashlib.sha256()
+        for w in weights:
+            h.update(w.read_bytes())
+        return f"{base}+lora:{h.hexdigest()[:16]}"
+    if not (run.adapter / "config.json").exists() or (run.adapter / "adapter_config.json").exists():
+        return None
+    files = sorted(
+        f
+        for f in run.adapter.iterdir()
+        if f.is_file() and f.name not in CARD_FILES and not f.name.startswith(".")
+    )
+    if not any(f.suffix in (".safetensors", ".bin") for f in files):
         return None
     h = hashlib.sha256()
-    for w in weights:
-        h.update(w.read_bytes())
-    return f"{base}+{kind}:{h.hexdigest()[:16]}"
+    for f in files:
+        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+    return f"{base}+full:{h.hexdigest()[:16]}"
 
 
 def request_kind(P: Params, student: bool) -> str:
@@ -120,9 +196,11 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
       is an error rather than a silent evaluation of the teacher."""
     ev, run = P.evaluate, P.run
     sid = student_id(P) if ev.use_adapter else None
+    plan = trained_serving(P) if sid else {}
     mode = ev.serve
     if mode == "auto":
-        mode = "llama_cpp" if sid and not ev.model and run.adapter_gguf.exists() else "off"
+        as_trained = plan.get("engine") == "llama_cpp"
+        mode = "llama_cpp" if sid and not ev.model and as_trained and run.adapter_gguf.exists() else "off"
     plain = {"lora_path": None, "backend": "chat", "identity": None}
     if mode == "off":
         if ev.model:
@@ -131,7 +209,8 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
             update = {**plain, "model": ev.model, "identity": identity}
             if ev.base_url:
                 update["base_url"] = ev.base_url
-            yield P.llm.model_copy(update=update), f"evaluate.model = {ev.model} at {where}"
+            how = f"; stage 04's student is meant to be served as {plan['how']}" if sid else ""
+            yield P.llm.model_copy(update=update), f"evaluate.model = {ev.model} at {where}{how}"
             return
         if sid:
             raise ValueError(
@@ -143,6 +222,8 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
         return
     if not sid:
         raise ValueError(f"evaluate.serve: {mode} needs a student trained by stage 04 in {run.adapter}")
+    if mode == "llama_cpp":
+        _check_llama_cpp(plan)
     server = _student_server(P, mode)
     try:
         server.start()
@@ -155,10 +236,33 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
         }
         yield (
             P.llm.model_copy(update=update),
-            f"the fine-tuned student {sid}, served by {mode} at {server.base_url}",
+            f"the fine-tuned student {sid}, served by {mode} at {server.base_url}: "
+            + (plan["how"] if mode == plan["engine"] else f"not the engine stage 04 planned ({plan['how']})"),
         )
     finally:
         server.stop()
+
+
+def _check_llama_cpp(plan: dict) -> None:
+    """llama.cpp serves an adapter on the GGUF base; refuse an adapter trained on another base (a 4-bit one)."""
+    if plan.get("quantization"):
+        raise ValueError(
+            f"this student is {plan['how']}; llama.cpp would serve its adapter on the GGUF base, not the base it was "
+            "trained on: set evaluate.serve: vllm (on a GPU box), or train with finetune.method: lora"
+        )
+
+
+def vllm_args(P: Params) -> list[str]:
+    """`vllm serve` arguments for the trained student as it was trained (trained_serving): the model directory of a
+    full fine-tune (no adapter_config.json in it), or the base with the LoRA as module "student" (4-bit NF4 for
+    QLoRA), in training's dtype."""
+    run, ft, plan = P.run, P.finetune, trained_serving(P)
+    dtype = ["--dtype", plan["dtype"]] if plan.get("dtype") else []
+    if not (run.adapter / "adapter_config.json").exists():
+        return [str(run.adapter), "--served-model-name", "student", *dtype]
+    quant = ["--quantization", plan["quantization"]] if plan.get("quantization") else []
+    lora = ["--enable-lora", "--max-lora-rank", str(ft.lora_r), "--lora-modules", f"student={run.adapter}"]
+    return [base_path(ft.base_model), *quant, *dtype, *lora]
 
 
 def _student_server(P: Params, mode: str):
@@ -172,18 +276,7 @@ def _student_server(P: Params, mode: str):
         return LocalServer(
             gguf, "student", P.llm.n_ctx, P.llm.n_threads, run.adapter_gguf, log, parallel=P.llm.concurrency
         )
-    full = not (run.adapter / "adapter_config.json").exists()
-    args = [str(run.adapter) if full else base_path(ft.base_model), "--served-model-name", "student"]
-    if not full:
-        args = [
-            base_path(ft.base_model),
-            "--enable-lora",
-            "--max-lora-rank",
-            str(ft.lora_r),
-            "--lora-modules",
-            f"student={run.adapter}",
-        ]
-    return CommandServer([*P.evaluate.vllm_command, *args], log, P.evaluate.server_startup_s)
+    return CommandServer([*P.evaluate.vllm_command, *vllm_args(P)], log, P.evaluate.server_startup_s)
 
 
 class CommandServer(ServerProcess):
@@ -212,8 +305,10 @@ def answer_request(question: str, fmt: str, max_tokens: int) -> ChatRequest:
 def compare(P: Params, n: int | None = None) -> list[dict]:
     """Before/after on held-out questions: {"id", "question", "reference", "base", "tuned"} per question, also
     written to finetune/before_after.jsonl. Both answers come from the embedded llama.cpp server through the LLM
-    client (cached, counted): the GGUF base without, then with, adapter/adapter.gguf, exactly as stage 05 asks."""
+    client (cached, counted): the GGUF base without, then with, adapter/adapter.gguf, exactly as stage 05 asks. An
+    adapter trained on another base than the GGUF one (QLoRA's 4-bit base) is refused rather than misrepresented."""
     cfg, run = P.finetune, P.run
+    _check_llama_cpp(trained_serving(P))
     _, held = split_rows(read_jsonl(train_file(cfg, run.root)), cfg)
     held = held[: n or cfg.eval_holdout]
     reqs = [answer_request(r["question"], cfg.prompt_format, cfg.max_new_tokens) for r in held]
