@@ -504,6 +504,7 @@ class BatchRunner:
         ok: set[str] = set()
         errors: dict[str, str] = {}
         client_errors: set[str] = set()
+        format_refused: dict[str, str] = {}  # custom_id -> error, for a 400 on the response_format
         if b.output_file_id:
             for line in self._lines(job, b.output_file_id, "output"):
                 cid = line.get("custom_id")
@@ -525,7 +526,9 @@ class BatchRunner:
                 if client:
                     client_errors.add(cid)
                 if about_format:
-                    self._format_refused(job, cid, line)
+                    format_refused[cid] = describe_error(line)
+        if format_refused:
+            self._format_refused(job, format_refused)
         batch_errors = getattr(b, "errors", None)
         default = f"no result (batch {b.status})"
         if batch_errors is not None and getattr(batch_errors, "data", None):
@@ -540,11 +543,13 @@ class BatchRunner:
         job["succeeded"], job["failed"] = len(ok & set(keys)), failed
         self.log(f"batch {job['id']} {b.status}: {job['succeeded']} succeeded, {failed} failed or expired")
 
-    def _format_refused(self, job: dict, key: str, line: dict) -> None:
-        """A request line refused for its response_format: step the model down a mode, and ask it again so."""
-        body = next((ln["body"] for ln in self._job_lines(job) if ln["custom_id"] == key), {})
-        if self.shaper.refused(response_mode(body.get("response_format")), describe_error(line)):
-            if key in self._asked:
+    def _format_refused(self, job: dict, refused: dict[str, str]) -> None:
+        """Request lines refused for their response_format: step the model down a mode, and ask them again so."""
+        modes = {
+            ln["custom_id"]: response_mode(ln["body"].get("response_format")) for ln in self._job_lines(job)
+        }
+        for key, error in refused.items():
+            if self.shaper.refused(modes.get(key, "text"), error) and key in self._asked:
                 self._reshape.add(key)
 
 

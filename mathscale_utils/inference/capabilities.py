@@ -147,13 +147,28 @@ def _mentions_json(messages: list[dict]) -> bool:
 
 @dataclass(slots=True)
 class Shaped:
-    """A request as it is sent: its cache key, the body (None when refused), the response_format mode, the error."""
+    """A request as it is sent: its cache key, the response_format mode, and why it cannot be sent (error)."""
 
     request: ChatRequest
     key: str
-    body: dict | None
     mode: str
     error: str | None = None
+    delivery: dict | None = None  # what is sent differently from what the request asks (see ChatRequest.key)
+    model: str = ""
+    style: str = "openai"
+
+    @property
+    def body(self) -> dict | None:
+        """The body sent (None when refused); built when needed, as most shaped requests are cache hits."""
+        if self.error is not None:
+            return None
+        body = request_body(self.request, self.model, self.style, self.mode)
+        d = self.delivery or {}
+        if "max_tokens" in d:
+            body["max_tokens"] = d["max_tokens"]
+        if "seed" in d:
+            del body["seed"]
+        return body
 
 
 class Shaper:
@@ -219,14 +234,16 @@ class Shaper:
     def shape(self, req: ChatRequest) -> Shaped:
         """The request as it will be sent (see the module docstring), with its cache key."""
         caps, delivery = self.caps, {}
-        asked = response_mode(req.response_format)
-        mode = MODES[min(MODES.index(asked), MODES.index(self.ceiling))]
-        if mode == "json_object" and self.style == "openai" and not _mentions_json(req.messages):
-            mode = "text"
-        if mode != asked:
-            delivery["response_format"] = mode
-        body = request_body(req, self.model, self.style, mode)
-        error = self._refusal(req)
+        mode = asked = response_mode(req.response_format)
+        if asked != "text":
+            mode = MODES[min(MODES.index(asked), MODES.index(self.ceiling))]
+            if mode == "json_object" and self.style == "openai" and not _mentions_json(req.messages):
+                mode = "text"
+            if mode != asked:
+                delivery["response_format"] = mode
+        error = (
+            self._refusal(req) if caps.unsupported or caps.chat_only or caps.max_stop is not None else None
+        )
         max_tokens = req.max_tokens
         if caps.max_output_tokens is not None and max_tokens > caps.max_output_tokens:
             max_tokens = caps.max_output_tokens
@@ -245,12 +262,13 @@ class Shaper:
                 )
             max_tokens = min(max_tokens, max(room, 1))
         if max_tokens != req.max_tokens:
-            body["max_tokens"] = delivery["max_tokens"] = max_tokens
+            delivery["max_tokens"] = max_tokens
         if req.seed is not None and not caps.seed:
-            del body["seed"]
             delivery["seed"] = None
+        if error is None and req.prompt is None and not req.messages:
+            error = "a chat request needs at least one message"
         key = req.key(self.model_id, delivery)
-        return Shaped(req, key, None if error else body, mode, error)
+        return Shaped(req, key, mode, error, delivery or None, self.model, self.style)
 
     def current(self, shaped: Shaped) -> Shaped:
         """`shaped` again if the endpoint refused its response_format mode since it was made (so that requests
@@ -269,8 +287,6 @@ class Shaper:
                 f"{self.model} is a chat model: the provider serves it only at /chat/completions, not as a "
                 "text completion (set evaluate.request: chat)"
             )
-        if req.prompt is None and not req.messages:
-            return "a chat request needs at least one message"
         if caps.max_stop is not None and req.stop and len(req.stop) > caps.max_stop:
             return (
                 f"{len(req.stop)} stop strings, and {self.model} takes at most {caps.max_stop} ({caps.row}): give "
