@@ -20,7 +20,7 @@ from mathscale_utils.core.method_config import ExtractConfig
 from mathscale_utils.core.params import load_params
 from mathscale_utils.inference import capabilities
 from mathscale_utils.inference.batch import BatchRunner
-from mathscale_utils.inference.chat import ChatRequest
+from mathscale_utils.inference.chat import ChatRequest, estimate_prompt_tokens
 from mathscale_utils.inference.llm import LLM
 from mathscale_utils.method import concepts
 from mathscale_utils.runs import stages
@@ -171,7 +171,7 @@ def test_a_400_on_response_format_steps_down_once_and_is_remembered(tmp_path):
 def test_token_limits_are_kept_within_the_model(tmp_path):
     prose = (
         "Tell me about the moon and the tides. " * 1_000
-    )  # ~9K tokens by the fake's count, 13K by estimate
+    )  # ~11K tokens by the fake's count, ~15K by estimate
     with (
         FakeOpenAI(provider=True, answer=lambda body: "fine") as fake,
         llm_for(fake.base_url, tmp_path) as llm,
@@ -183,7 +183,10 @@ def test_token_limits_are_kept_within_the_model(tmp_path):
         stops = llm.chat(ChatRequest(messages=[{"role": "user", "content": "hi"}], stop=list("abcde")))
         text = llm.chat(ChatRequest(prompt="### Instruction: hi"))
         assert big.ok and long.ok and not fake.refused
-        assert [b["max_tokens"] for b in fake.bodies] == [4096, 16_385 - (3 + -(-len(prose) // 3) + 4)]
+        assert [b["max_tokens"] for b in fake.bodies] == [
+            4096,
+            16_385 - estimate_prompt_tokens([{"content": prose}]),
+        ]
         assert "does not fit the 16,385-token context" in too_long.error
         assert "5 stop strings" in stops.error and "chat model" in text.error
         assert len(fake.bodies) == 2  # the refused three were never sent
@@ -237,7 +240,7 @@ def test_a_job_refused_for_the_queue_limit_is_sent_again_and_costs_no_round(tmp_
         assert rep["done"] and rep["cached"] == 12 and not rep["given_up"]
         jobs = read_json(tmp_path / "a" / "state.json")["jobs"]
         assert [len(j["refused"]) for j in jobs] == [0, 1, 0] and {j["round"] for j in jobs} == {1}
-        assert beside.limit == 555 and api.refused["token_limit_exceeded"] == 1
+        assert beside.limit == jobs[1]["tokens"] and api.refused["token_limit_exceeded"] == 1
         alone = runner(llm, tmp_path / "b", max_enqueued_tokens=1_200, max_rounds=1)
         rep = alone.run(reqs[12:])
         assert rep["done"] and rep["cached"] == 12 and not rep["given_up"]
@@ -324,3 +327,28 @@ def test_the_fake_batch_api_fails_files_that_break_the_batch_rules(tmp_path):
         big = client.files.create(file=("in.jsonl", b"x" * 3_000), purpose="batch")
         with pytest.raises(openai.BadRequestError, match="too large"):
             client.batches.create(input_file_id=big.id, endpoint=ok["url"], completion_window="24h")
+
+
+def test_keys_say_how_a_request_was_sent_and_stay_as_they_were_when_sent_as_asked():
+    """An answer given in a weaker mode (or with a lower max_tokens) has a key of its own; a request sent as asked
+    keeps the key it always had, so the caches of earlier runs (the embedded server's, a local vLLM's) stay valid."""
+    req = concepts.build_request(QUESTIONS[0], ExtractConfig())
+    keys = {
+        req.key("m"),
+        req.key("m", {"response_format": "json_object"}),
+        req.key("m", {"response_format": "text"}),
+    }
+    assert len(keys) == 3 and req.key("m", {}) == req.key("m")
+    assert req.key("m", {"max_tokens": 100}) != req.key("m")
+    embedded = capabilities.Shaper(LLMConfig(), "qwen2.5-coder-1.5b-instruct")
+    assert embedded.shape(req).key == req.key("qwen2.5-coder-1.5b-instruct")
+    assert embedded.shape(req).body["response_format"]["schema"]["required"] == ["topics", "knowledge_points"]
+    gpt = capabilities.Shaper(
+        LLMConfig(model="gpt-3.5-turbo", base_url="https://api.openai.com/v1"), "gpt-3.5-turbo"
+    )
+    shaped = gpt.shape(req)
+    assert shaped.mode == "json_object" and shaped.key == req.key(
+        "gpt-3.5-turbo", {"response_format": "json_object"}
+    )
+    other = concepts.build_request(QUESTIONS[1], ExtractConfig())
+    assert gpt.shape(other).key != shaped.key  # another prompt, in the same mode: another key

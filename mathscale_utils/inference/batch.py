@@ -65,9 +65,8 @@ from mathscale_utils.inference.chat import LOCAL_API_KEY, ChatRequest, estimate_
 from mathscale_utils.inference.ledger import SpendLedger
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-LIMIT_CODES = (
-    "token_limit_exceeded",
-)  # a job refused for the organisation's queue limit, not for its requests
+# a job the provider refused for the organisation's queue limit (not for its requests)
+LIMIT_CODES = ("token_limit_exceeded",)
 
 
 class BatchBudgetError(RuntimeError):
@@ -96,19 +95,17 @@ class BatchRunner:
         self.model_id = answering or model_id(llm_cfg)
         self.shaper = shaper or Shaper(llm_cfg, self.model_id)
         self.cfg, self.stage, self.sleep, self.log = cfg or BatchConfig(), stage, sleep, log
-        self.limit = (
-            self.cfg.max_enqueued_tokens
-        )  # lowered for this session when the provider refuses within it
+        # tokens in flight at most: batch.max_enqueued_tokens, lowered for the session if the provider refuses within it
+        self.limit = self.cfg.max_enqueued_tokens
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
         self.state = self._load()
         self._client: Any = None
         self._keys_cache: dict[str, list[str]] = {}
-        self._asked: dict[str, ChatRequest] = {}  # requests with a response_format, for a weaker mode (below)
-        self._reshape: set[str] = (
-            set()
-        )  # their keys, refused for the response_format: to ask in a weaker mode
+        # requests with a response_format, by key, and the keys refused for it: asked again in a weaker mode
+        self._asked: dict[str, ChatRequest] = {}
+        self._reshape: set[str] = set()
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _load(self) -> dict:

@@ -114,14 +114,28 @@ def request_body(
     return body
 
 
+_LETTERS = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def estimate_text_tokens(text: str) -> int:
+    """A generous count of a text's tokens, with no tokenizer (none is available offline): three ASCII letters a
+    token, two spaces a token, and every other character (digits, LaTeX symbols, punctuation, other scripts) a token
+    of its own. OpenAI's tokenizers give fewer on English prose (about 4 characters a token) and on MATH's LaTeX: on
+    6,000 MWPBench train questions with solutions this runs 1.3x the count of tests/openai_rules.py (a harsher
+    tokenizer than OpenAI's), under it on 0.1% and by 4% at most."""
+    n = len(text)
+    letters = n - len(text.translate(_LETTERS))
+    spaces = text.count(" ")
+    return -(-(2 * letters + 3 * spaces + 6 * (n - letters - spaces)) // 6)
+
+
 def estimate_prompt_tokens(messages: Sequence[dict] | None = None, prompt: str | None = None) -> int:
-    """A generous count of a prompt's tokens before sending, with no tokenizer (none is available offline): one
-    token per 3 characters (English prose runs about 4 per token with OpenAI's tokenizers), 4 tokens of framing per
-    message and 3 to prime the reply (how OpenAI counts chat messages). Budget checks and Batch API queue limits
-    rely on it not being low."""
+    """estimate_text_tokens of a prompt, or of chat messages with 4 tokens of framing each and 3 to prime the reply
+    (how OpenAI counts chat messages). Budget checks, the context window and Batch API queue limits rely on it not
+    being low."""
     if prompt is not None:
-        return -(-len(prompt) // 3)
-    return 3 + sum(-(-len(str(m.get("content") or "")) // 3) + 4 for m in messages or ())
+        return estimate_text_tokens(prompt)
+    return 3 + sum(estimate_text_tokens(str(m.get("content") or "")) + 4 for m in messages or ())
 
 
 class HTTPError(Exception):

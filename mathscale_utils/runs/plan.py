@@ -21,9 +21,8 @@ from mathscale_utils.core.params import Params, resolve_path
 from mathscale_utils.core.templates import fill_template
 from mathscale_utils.data.seeds import load_seeds
 from mathscale_utils.evaluation.mwpbench import select_records
-from mathscale_utils.inference.batch_lines import line_tokens
 from mathscale_utils.inference.capabilities import capabilities_for
-from mathscale_utils.inference.chat import estimate_prompt_tokens
+from mathscale_utils.inference.chat import estimate_text_tokens
 from mathscale_utils.inference.weights import REGISTRY
 from mathscale_utils.method import concepts
 from mathscale_utils.method import generate as gen
@@ -153,27 +152,28 @@ def _llm_stage(
     return row
 
 
-def _seeds(P: Params, notes: list[str]) -> tuple[int, float]:
-    """(seed questions stage 01 will read, their mean length in characters)."""
+def _seeds(P: Params, notes: list[str]) -> tuple[int, float, float]:
+    """(seed questions stage 01 will read, their mean length in characters, the client's token estimate per
+    character of their text: what the Batch API queue limit is held to)."""
     try:
         seeds, _ = load_seeds(P.extract.seeds, P.data_dir)
-        return len(seeds), sum(len(s.question) for s in seeds) / max(len(seeds), 1)
+        text = [s.question + " " + (s.solution or s.answer or "") for s in seeds]
+        ratio = sum(map(estimate_text_tokens, text)) / max(sum(map(len, text)), 1)
+        return len(seeds), sum(len(s.question) for s in seeds) / max(len(seeds), 1), ratio
     except (DataError, OSError) as e:
         n = min(P.extract.seeds.limit or PAPER_SEEDS, PAPER_SEEDS)
         notes.append(f"01: seeds not readable ({e}); assumed {n} of ~300 characters")
-        return n, 300.0
+        return n, 300.0, 1 / 3
 
 
-def plan_extract(P: Params, seeds: int, chars: float) -> dict:
+def plan_extract(P: Params, seeds: int, chars: float, ratio: float) -> dict:
     """01: one request per seed and per coverage test question, JSON replies."""
     n = seeds + P.extract.coverage_sample
     asked = n * (1 + _a("extract_retry_rate"))
     prompt_chars = len(concepts.PROMPT) + chars
     prompt = asked * (prompt_chars / P.generate.chars_per_token + 7)
     completion = asked * min(_a("extract_reply_tokens"), P.extract.max_tokens)
-    enqueued = asked * (
-        estimate_prompt_tokens([{"content": "x" * round(prompt_chars)}]) + P.extract.max_tokens
-    )
+    enqueued = asked * (prompt_chars * ratio + 7 + P.extract.max_tokens)
     row = _llm_stage(P, asked, prompt, completion, enqueued, "extract")
     row["disk_gb"] = (
         n * (_a("cache_bytes") / 2 + (prompt_chars + 400 if P.llm.backend == "batch" else 0)) / 1e9
@@ -188,7 +188,7 @@ def _compositions(P: Params, notes: list[str]) -> int:
     return min(sizes) if sizes else 0
 
 
-def plan_generate(P: Params, n: int) -> dict:
+def plan_generate(P: Params, n: int, ratio: float) -> dict:
     """03: stage 03's own estimate (estimate_cost), priced live; prompts measured once stages 01-02 have run."""
     cfg, run = P.generate, P.run
     chars = None
@@ -196,8 +196,7 @@ def plan_generate(P: Params, n: int) -> dict:
         comps = read_jsonl(run.compositions)[:50]
         chars = gen.mean_prompt_chars(comps, gen.FewShotIndex(read_jsonl(run.concepts)), cfg, P.seed)
     est = gen.estimate_cost(cfg, P.llm.model_copy(update={"backend": "chat"}), n, chars)
-    body = {"messages": [{"content": "x" * est["prompt_chars_per_call"]}], "max_tokens": cfg.max_tokens}
-    enqueued = est["calls"] * line_tokens(body)
+    enqueued = est["calls"] * (est["prompt_chars_per_call"] * ratio + 7 + cfg.max_tokens)
     row = _llm_stage(P, est["calls"], est["prompt_tokens"], est["completion_tokens"], enqueued, "generate")
     row["prompt_chars"] = est["prompt_chars_per_call"]
     per_call = _a("cache_bytes") + _a("shard_bytes")
@@ -301,14 +300,14 @@ def plan(P: Params) -> dict:
     )
     if caps.unsupported:
         notes.append(f"llm.model {P.llm.model}: {caps.unsupported}")
-    n, (seeds, chars) = _compositions(P, notes), _seeds(P, notes)
+    n, (seeds, chars, ratio) = _compositions(P, notes), _seeds(P, notes)
     rows: dict[str, dict] = {}
     if "01" in P.stages:
-        rows["01 extract"] = plan_extract(P, seeds, chars)
+        rows["01 extract"] = plan_extract(P, seeds, chars, ratio)
     if "02" in P.stages:
         rows["02 graph + walk"] = plan_compose(P, n)
     if "03" in P.stages:
-        rows["03 generate"] = plan_generate(P, n)
+        rows["03 generate"] = plan_generate(P, n, ratio)
     if "04" in P.stages:
         rows["04 finetune"] = plan_finetune(P, n, seeds, notes)
     if "05" in P.stages:
