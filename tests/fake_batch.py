@@ -1,5 +1,13 @@
 """A fake OpenAI-compatible Batch API (/v1/files, /v1/batches) on loopback, for tests: upload, create, status
-transitions one per retrieve, output and error files, and a plan deciding each request's fate."""
+transitions one per retrieve, output and error files, and a plan deciding each request's fate.
+
+It enforces the Batch API's documented rules (openai_rules.py) as the provider does: a request file that breaks them
+(a duplicate custom_id, a method other than POST, a url other than the batch's endpoint, two models, more than
+50,000 requests, an empty file) fails its batch at validation with the provider's error codes; a file over 200 MB is
+refused with 400; with ``enqueued_limit`` a batch whose tokens (prompt + max_tokens) would bring the model's queue of
+unfinished batches past it fails with ``token_limit_exceeded``. With ``provider=True`` every request body is checked
+as api.openai.com checks it (openai_rules.check_chat), and a refused one comes back in the error file with the status
+and error JSON the live API would give."""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import openai_rules
 from aiohttp import web
 
 Plan = Callable[[str, dict, int], str]  # (custom_id, body, submission number) -> "ok" | "fail" | "expire"
@@ -28,9 +37,15 @@ class FakeBatchAPI:
         plan: Plan | None = None,
         answer: Callable[[dict], str | dict] = echo,
         fail_first_batch: bool = False,
+        provider: bool = False,
+        enqueued_limit: int | None = None,
+        max_file_bytes: int = openai_rules.MAX_BATCH_BYTES,
     ):
         self.plan = plan or (lambda cid, body, n: "ok")
         self.answer, self.fail_first_batch = answer, fail_first_batch
+        self.provider, self.enqueued_limit, self.max_file_bytes = provider, enqueued_limit, max_file_bytes
+        self.peak_enqueued: dict[str, int] = {}  # model -> most tokens in unfinished batches at once
+        self.refused: Counter[str] = Counter()  # error code -> batches failed at validation, or request lines
         self.hold = False
         self.files: dict[str, tuple[bytes, str, str]] = {}
         self.batches: dict[str, dict] = {}
@@ -60,8 +75,16 @@ class FakeBatchAPI:
         self.calls["files.create"] += 1
         form = await request.post()
         f = form["file"]
-        assert form["purpose"] == "batch"
+        if form.get("purpose") != "batch":
+            return self._error(400, f"Invalid value: '{form.get('purpose')}'.", "purpose", "invalid_value")
         return web.json_response(self._file(f.file.read(), "batch", f.filename))
+
+    def _error(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> web.Response:
+        self.refused[code or param or str(status)] += 1
+        err = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+        return web.json_response({"error": err}, status=status)
 
     async def content(self, request: web.Request) -> web.Response:
         self.calls["files.content"] += 1
@@ -72,17 +95,25 @@ class FakeBatchAPI:
     async def create(self, request: web.Request) -> web.Response:
         self.calls["batches.create"] += 1
         body = await request.json()
-        assert body["endpoint"] == "/v1/chat/completions" and body["completion_window"] == "24h"
-        lines = [
-            json.loads(x) for x in self.files[body["input_file_id"]][0].decode().splitlines() if x.strip()
-        ]
+        if body.get("endpoint") not in openai_rules.BATCH_ENDPOINTS:
+            return self._error(400, f"Invalid value: '{body.get('endpoint')}'.", "endpoint", "invalid_value")
+        if body.get("completion_window") != "24h":
+            return self._error(400, "Invalid value: completion_window must be '24h'.", "completion_window")
+        if body.get("input_file_id") not in self.files:
+            return self._error(404, f"No such File object: {body.get('input_file_id')}", "input_file_id")
+        data = self.files[body["input_file_id"]][0]
+        if len(data) > self.max_file_bytes:
+            return self._error(400, "File is too large.", None, None)
+        lines = []
+        for x in data.decode().splitlines():
+            if x.strip():
+                try:
+                    lines.append(json.loads(x))
+                except ValueError:
+                    lines.append(None)
         for line in lines:
-            assert (
-                line["method"] == "POST"
-                and line["url"] == "/v1/chat/completions"
-                and "messages" in line["body"]
-            )
-            self.submissions[line["custom_id"]] += 1
+            if isinstance(line, dict):
+                self.submissions[line.get("custom_id")] += 1
         bid = f"batch_{len(self.batches) + 1:03d}"
         b = {
             "id": bid,
@@ -102,9 +133,60 @@ class FakeBatchAPI:
             "obj": b,
             "lines": lines,
             "polls": 0,
-            "rounds": [self.submissions[x["custom_id"]] for x in lines],
+            "rounds": [self.submissions[x.get("custom_id")] if isinstance(x, dict) else 0 for x in lines],
+            "tokens": sum(
+                openai_rules.prompt_tokens(x["body"]) + int(x["body"].get("max_tokens") or 0)
+                for x in lines
+                if isinstance(x, dict) and isinstance(x.get("body"), dict)
+            ),
+            "model": next(
+                (x["body"].get("model") for x in lines if isinstance(x, dict) and "body" in x), None
+            ),
         }
         return web.json_response(b)
+
+    def _fail(self, st: dict, errors: list[dict]) -> None:
+        b = st["obj"]
+        b["status"], b["failed_at"] = "failed", int(time.time())
+        b["errors"] = {"object": "list", "data": [{"param": None, **e} for e in errors]}
+        self.refused.update(e["code"] for e in errors[:1])
+
+    def _validate(self, st: dict) -> bool:
+        """validating -> in_progress, or failed: the file's rules, then the model's queue of enqueued tokens."""
+        errors = openai_rules.check_batch_file(st["lines"], st["obj"]["endpoint"])
+        if errors:
+            self._fail(st, errors)
+            return False
+        model = st["model"]
+        queued = sum(
+            o["tokens"]
+            for o in self.batches.values()
+            if o is not st and o["model"] == model and o["obj"]["status"] in ("in_progress", "finalizing")
+        )
+        if self.enqueued_limit is not None and queued + st["tokens"] > self.enqueued_limit:
+            msg = (
+                f"Enqueued token limit reached for {model} in organization org-fake. Limit: "
+                f"{self.enqueued_limit:,} enqueued tokens. Please try again once some in_progress batches have "
+                "been completed."
+            )
+            self._fail(st, [{"code": "token_limit_exceeded", "message": msg, "line": None}])
+            return False
+        self.peak_enqueued[model] = max(self.peak_enqueued.get(model, 0), queued + st["tokens"])
+        return True
+
+    def _request_error(self, cid: str, body: dict, endpoint: str) -> dict | None:
+        """Provider mode: the error line of a request body the live API would refuse, else None."""
+        try:
+            (
+                openai_rules.check_chat
+                if endpoint == "/v1/chat/completions"
+                else openai_rules.check_completion
+            )(body)
+        except openai_rules.Refusal as r:
+            self.refused[r.error["code"] or r.error["param"] or "refused"] += 1
+            resp = {"status_code": r.status, "request_id": "r", "body": r.body()}
+            return {"id": f"batch_req_{cid[:8]}", "custom_id": cid, "response": resp, "error": None}
+        return None
 
     def _finish(self, st: dict) -> None:
         b = st["obj"]
@@ -118,6 +200,9 @@ class FakeBatchAPI:
         out, err, expired = [], [], False
         for line, n in zip(st["lines"], st["rounds"], strict=True):
             cid, body = line["custom_id"], line["body"]
+            if self.provider and (refusal := self._request_error(cid, body, b["endpoint"])) is not None:
+                err.append(refusal)
+                continue
             fate = self.plan(cid, body, n)
             if fate == "ok":
                 a = self.answer(body)
@@ -189,7 +274,8 @@ class FakeBatchAPI:
             return web.json_response(b)
         st["polls"] += 1
         if st["polls"] == 1:
-            b["status"] = "in_progress"
+            if self._validate(st):
+                b["status"] = "in_progress"
         elif st["polls"] == 2:
             b["status"] = "finalizing"
         else:

@@ -7,6 +7,10 @@ Faults are chosen per request by `fault(prompt, attempt)` (attempt = 1 for the f
 can be: "429" (with Retry-After), "500", "400", "401", "timeout" (hang, then close without answering), "drop"
 (close the socket halfway through the body), "malformed" (200 with a broken JSON body), "stall" (hang until the
 server stops; never completes). `prompt` is the content of the last message.
+
+With ``provider=True`` it checks every body as api.openai.com does (openai_rules.py: the model exists, its
+response_format, JSON mode's "json" word, roles, stop strings, max_tokens, the context window, ...) and answers a
+refused one with the provider's status and error JSON; usage counts tokens as openai_rules.prompt_tokens does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import openai_rules
 from aiohttp import web
 
 EXTRACTION_REPLY = json.dumps(
@@ -79,9 +84,12 @@ class FakeOpenAI:
         hang_s: float = 30.0,
         stall_after: int | None = None,  # admit this many requests, then hang all later ones
         model: str = "fake-model",
+        provider: bool = False,  # refuse what api.openai.com refuses (openai_rules.py), as it does
     ):
         self.answer, self.fault, self.latency_s = answer, fault, latency_s
         self.retry_after, self.hang_s, self.stall_after, self.model = retry_after, hang_s, stall_after, model
+        self.provider = provider
+        self.refused: Counter[str] = Counter()  # provider mode: refusals by error code (or param)
         self.received: Counter[str] = Counter()  # requests seen, per prompt
         self.completed: Counter[str] = Counter()  # full 200 responses written, per prompt
         self.faults_sent: Counter[str] = Counter()  # per fault kind
@@ -104,7 +112,7 @@ class FakeOpenAI:
         return sum(self.completed.values())
 
     def reset_counters(self) -> None:
-        for c in (self.received, self.completed, self.faults_sent, self.bodies, self.headers):
+        for c in (self.received, self.completed, self.faults_sent, self.bodies, self.headers, self.refused):
             c.clear()
         self.max_in_flight = self.in_flight
 
@@ -123,8 +131,11 @@ class FakeOpenAI:
         if isinstance(out, str):
             out = {"content": out}
         content = out.get("content")
-        n_prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 3
-        n_prompt += len(str(body.get("prompt", "")).split())
+        if self.provider:
+            n_prompt = openai_rules.prompt_tokens(body)
+        else:
+            n_prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", [])) + 3
+            n_prompt += len(str(body.get("prompt", "")).split())
         n_completion = len((content or "").split()) + 1
         usage = dict(out.get("usage") or {"prompt_tokens": n_prompt, "completion_tokens": n_completion})
         usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
@@ -189,12 +200,34 @@ class FakeOpenAI:
             request.transport.abort()
         return web.Response(status=499)
 
+    def _refusal(self, request: web.Request, body: Any) -> web.Response | None:
+        """Provider mode: the answer api.openai.com gives to a request it refuses, or None."""
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer") or not auth[len("Bearer") :].strip():
+            err = {
+                "message": "You didn't provide an API key.",
+                "type": "invalid_request_error",
+                "param": None,
+            }
+            return web.json_response({"error": {**err, "code": None}}, status=401)
+        try:
+            if request.path.endswith("/chat/completions"):
+                openai_rules.check_chat(body)
+            else:
+                openai_rules.check_completion(body)
+        except openai_rules.Refusal as r:
+            self.refused[r.error["code"] or r.error["param"] or "refused"] += 1
+            return web.json_response(r.body(), status=r.status)
+        return None
+
     async def _chat_inner(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         p = prompt_of(body)
         self.received[p] += 1
         self.bodies.append(body)
         self.headers.append(dict(request.headers))
+        if self.provider and (refused := self._refusal(request, body)) is not None:
+            return refused
         latency = self.latency_s(p) if callable(self.latency_s) else self.latency_s
         if latency:
             await asyncio.sleep(latency)

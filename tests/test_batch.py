@@ -171,8 +171,9 @@ def test_budget_is_checked_before_anything_is_uploaded(tmp_path):
 
 
 def test_jobs_not_collected_yet_count_against_the_budget(tmp_path):
-    """All jobs can be out at once: a submission that fits the spend collected so far but not the estimates of the
-    jobs still running is refused before anything is uploaded, and says what it would cost."""
+    """All jobs in flight may cost their estimate: a job that fits the spend so far but not with the estimates of the
+    jobs still running waits, not uploaded, until they are collected (their replies cost less than estimated); one
+    that cannot fit with nothing in flight is refused before anything is uploaded, saying what it would cost."""
     with FakeBatchAPI() as api:
         api.hold = True  # the first job stays running
         probe = runner_for(
@@ -194,10 +195,25 @@ def test_jobs_not_collected_yet_count_against_the_budget(tmp_path):
             llm, tmp_path / "batches", BatchConfig(poll_s=0, max_wait_s=0), log=lambda s: None
         )
         assert runner.submit(requests(5)) == 5 and api.calls["files.create"] == 1
-        others = [r for r in requests(10) if r not in requests(5)]
-        with pytest.raises(BatchBudgetError, match=r"may cost up to \$[0-9.]+.*not collected yet"):
-            runner.submit(others)
-        assert api.calls["files.create"] == 1 and api.calls["batches.create"] == 1
+        others = requests(10)[5:]
+        assert runner.submit(others) == 5 and api.calls["files.create"] == 1  # queued behind the first job
+        assert [j["status"] for j in read_json(tmp_path / "batches" / "state.json")["jobs"]] == [
+            "validating",
+            "queued",
+        ]
+        assert runner.pending() == {r.key("fake-model") for r in requests(10)}
+        api.hold = False
+        runner.cfg = BatchConfig(poll_s=0)
+        runner.wait()  # the first job is collected (it cost less than its estimate), then the second goes out
+        assert api.calls["files.create"] == 2 and all(
+            llm.cache.get(r.key("fake-model")) for r in requests(10)
+        )
+        # with nothing in flight, a job the budget cannot hold is refused and nothing is uploaded
+        with pytest.raises(
+            BatchBudgetError, match=r"may cost up to \$[0-9.]+.*not collected yet.*queued job"
+        ):
+            runner.submit(requests(20)[10:])
+        assert api.calls["files.create"] == 2
 
 
 def test_request_lines_match_the_live_body(tmp_path):

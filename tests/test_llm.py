@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,9 @@ def test_missing_key_for_remote_endpoint(tmp_path, monkeypatch):
 
 
 def test_request_body_and_response_format(fake_openai, tmp_path):
+    """A schema goes in OpenAI's json_schema form to a model known to take it (here: said so in llm.capabilities)
+    and in llama.cpp's form to a llama.cpp server; an unknown model is asked in JSON mode, and without any
+    response_format when no message says "JSON" (OpenAI refuses json_object then)."""
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     r = ChatRequest(
         messages=[{"role": "user", "content": "x"}],
@@ -277,7 +281,8 @@ def test_request_body_and_response_format(fake_openai, tmp_path):
         stop=["\n\n"],
         response_format={"type": "json_object", "schema": schema},
     )
-    with LLM(cfg_for(fake_openai), tmp_path, "t", progress=False) as llm:
+    structured = {"capabilities": {"structured_outputs": True}}
+    with LLM(cfg_for(fake_openai, **structured), tmp_path, "t", progress=False) as llm:
         llm.chat(r)
     body = fake_openai.bodies[-1]
     assert fake_openai.headers[-1]["Content-Type"] == "application/json"
@@ -291,6 +296,11 @@ def test_request_body_and_response_format(fake_openai, tmp_path):
     ) as llm:
         llm.chat(r)
     assert fake_openai.bodies[-1]["response_format"] == {"type": "json_object", "schema": schema}
+    with LLM(cfg_for(fake_openai), tmp_path / "c", "t", progress=False) as llm:
+        llm.chat(r)
+        assert "response_format" not in fake_openai.bodies[-1]
+        llm.chat(replace(r, messages=[{"role": "user", "content": "Reply in JSON: x"}]))
+        assert fake_openai.bodies[-1]["response_format"] == {"type": "json_object"}
 
 
 def test_key_depends_on_everything_that_changes_the_answer():

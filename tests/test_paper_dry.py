@@ -1,4 +1,5 @@
-"""The paper's path end to end on CPU at toy size (params/paper_dry.yaml): an API-shaped teacher through the Batch API,
+"""The paper's path end to end on CPU at toy size (params/paper_dry.yaml): an API-shaped teacher through the Batch API
+that refuses what OpenAI refuses (tests/openai_rules.py),
 MWPBench train seeds with the frequency filter, the GPU recipe's training code, the trained student served by a
 server the stage starts, asked with raw completions; then a second student, asked afresh."""
 
@@ -46,13 +47,15 @@ def teacher(body: dict) -> str:
 @pytest.mark.slow
 def test_the_paper_path_runs_end_to_end_and_a_second_student_is_asked_afresh(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run-0123456789")
-    with FakeBatchAPI(answer=teacher) as api:
+    with FakeBatchAPI(answer=teacher, provider=True, enqueued_limit=8000) as api:
         text = (ROOT / "params" / "paper_dry.yaml").read_text()
         text = text.replace("http://127.0.0.1:8080/v1", api.base_url)
         params = tmp_path / "paper_dry.yaml"
         params.write_text(text + f"outputs_dir: {tmp_path / 'out'}\n")
         manifest = run_chain(params, engine="python")
-        assert api.calls["chat"] == 0 and api.calls["batches.create"] >= 2  # the teacher only through batches
+        assert api.calls["chat"] == 0 and api.calls["batches.create"] >= 4  # the teacher only through batches
+        # every request valid for gpt-3.5-turbo, and the queue never above the provider's limit
+        assert not api.refused and 0 < api.peak_enqueued["gpt-3.5-turbo"] <= 8000
     P = load_params(params)
     assert manifest["status"] == "ok" and [manifest["stages"][s]["status"] for s in STAGE_IDS] == ["ok"] * 6
     extract = read_json(P.run.extract_summary)

@@ -21,11 +21,42 @@ class BatchConfig(BaseModel):
     )
     max_requests_per_job: int = Field(50_000, ge=1, description="OpenAI: at most 50,000 requests per batch")
     max_bytes_per_job: int = Field(190_000_000, ge=1_000, description="OpenAI: input files up to 200 MB")
-    max_rounds: int = Field(3, ge=1, description="submissions per request in all (first + resubmissions)")
+    max_rounds: int = Field(
+        3,
+        ge=1,
+        description="submissions per request in all (first + resubmissions); a job the provider refused for a "
+        "limit (token_limit_exceeded) is sent again later and does not count",
+    )
+    max_enqueued_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="tokens (prompt + max_tokens, as the provider counts them) in jobs not finished yet, at most: "
+        "OpenAI's per-model batch queue limit (platform.openai.com/settings/organization/limits); more jobs are "
+        "submitted as others finish. null: no limit",
+    )
+    live_fallback: bool = Field(
+        False,
+        description="send the requests the Batch API gave up on (after max_rounds) as live calls, at the live "
+        "price; false: they fail, and the stage says so",
+    )
     completion_window: Literal["24h"] = "24h"
     endpoint: str = "/v1/chat/completions"
     price_factor: float = Field(0.5, gt=0.0, description="batch price / live price (OpenAI: 0.5)")
     adopt_scan: int = Field(1000, ge=0, description="batches listed to re-find one whose id was not saved")
+
+
+class CapabilityOverrides(BaseModel):
+    """The `llm.capabilities:` section: what the model accepts, where the table in inference/capabilities.py does
+    not know it (a model served by vLLM, another provider) or is out of date. Fields left null keep the table's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    structured_outputs: bool | None = Field(None, description="accepts response_format json_schema")
+    json_mode: bool | None = Field(None, description="accepts response_format json_object")
+    context_window: int | None = Field(None, ge=1, description="prompt + completion tokens at most")
+    max_output_tokens: int | None = Field(None, ge=1, description="max_tokens at most")
+    max_stop: int | None = Field(None, ge=0, description="stop strings per request at most")
+    seed: bool | None = Field(None, description="accepts the seed parameter")
 
 
 class LLMConfig(BaseModel):
@@ -69,6 +100,10 @@ class LLMConfig(BaseModel):
         "auto",
         description="how a JSON schema is asked for: llama_cpp ({type: json_object, schema}) or openai "
         "({type: json_schema}); auto: llama_cpp for the embedded server, else openai",
+    )
+    capabilities: CapabilityOverrides = Field(
+        default_factory=CapabilityOverrides,
+        description="what the model accepts, over the table of known models (inference/capabilities.py)",
     )
     lora_path: str | None = Field(None, description="a GGUF LoRA adapter for the embedded server")
     identity: str | None = Field(

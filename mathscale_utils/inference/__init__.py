@@ -1,2 +1,3 @@
-"""Everything that asks a model: what a request is, the reply cache, the spend ledger with its usage files, the
-client that sends requests (OpenAI-compatible endpoints, the Batch API), and the embedded weights and llama-server."""
+"""Everything that asks a model: what a request is, what each model accepts (requests shaped to it), the reply
+cache, the spend ledger with its usage files, the client that sends requests (OpenAI-compatible endpoints, the Batch
+API within its limits), and the embedded weights and llama-server."""

@@ -45,14 +45,8 @@ from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params
 from mathscale_utils.inference.batch import BatchRunner
 from mathscale_utils.inference.cache import ReplyCache, model_id
-from mathscale_utils.inference.chat import (
-    LOCAL_API_KEY,
-    ChatRequest,
-    ChatResult,
-    HTTPError,
-    reply_text,
-    request_body,
-)
+from mathscale_utils.inference.capabilities import MODES_FILE, Shaped, Shaper
+from mathscale_utils.inference.chat import LOCAL_API_KEY, ChatRequest, ChatResult, HTTPError, reply_text
 from mathscale_utils.inference.ledger import BUDGET_ERROR, SpendLedger
 from mathscale_utils.inference.server import LocalServer
 from mathscale_utils.inference.weights import ensure_model
@@ -99,6 +93,7 @@ class LLM:
         self._batch: Any = None  # the BatchRunner, made on first need
         self.model_id = model_id(cfg)
         self.cache = ReplyCache(Path(cache_dir), fsync=cfg.cache_fsync)
+        self.shaper = Shaper(cfg, self.model_id, Path(cache_dir) / MODES_FILE)  # requests valid for the model
         self.ledger = SpendLedger(
             cfg, stage, Path(usage_dir) / f"{stage}.json" if usage_dir is not None else None
         )
@@ -151,17 +146,20 @@ class LLM:
         The usage file is rewritten as answers arrive and after each call that sent requests; cache-only calls
         are counted in memory and written with the next one or on close, so that a cache hit stays cheap. With
         backend "batch" the uncached requests go through the Batch API first (see prefetch); those still running
-        after batch.max_wait_s come back with an error, and those the Batch API gave up on are sent live."""
+        after batch.max_wait_s come back with an error, and those the Batch API gave up on fail too (or, with
+        batch.live_fallback, are sent live)."""
         requests = list(requests)
         if self.cfg.backend == "batch":
             self.prefetch(requests, desc)
         results, groups, todo = self._split(requests)
         if todo and self._batch is not None:
             pending = self._batch.pending()
-            for key, _ in [t for t in todo if t[0] in pending]:
-                for i in groups.pop(key):
-                    results[i] = ChatResult(key, error=PENDING_ERROR)
-            todo = [t for t in todo if t[0] not in pending]
+            for key, _ in todo:
+                if key in pending or not self.cfg.batch.live_fallback:
+                    error = PENDING_ERROR if key in pending else self._batch.leftover_error(key)
+                    for i in groups.pop(key):
+                        results[i] = ChatResult(key, error=error)
+            todo = [t for t in todo if t[0] in groups]
         if todo:
             future = self._submit(self._run(results, groups, todo, desc))
             try:
@@ -190,7 +188,14 @@ class LLM:
             return True
         if self._batch is None:
             self._batch = BatchRunner(
-                self.cache, self.ledger, self.cfg, self.batch_dir, self.cfg.batch, self.model_id, self.stage
+                self.cache,
+                self.ledger,
+                self.cfg,
+                self.batch_dir,
+                self.cfg.batch,
+                self.model_id,
+                self.stage,
+                shaper=self.shaper,
             )
         self._batch.submit(list(requests), desc)
         self._batch.wait()
@@ -200,23 +205,31 @@ class LLM:
         """This session's counts and spend, the stage's total and the run's spend (see SpendLedger.usage)."""
         return self.ledger.usage()
 
+    def key(self, request: ChatRequest) -> str:
+        """The cache key of a request as this client sends it to its model (see capabilities.Shaper)."""
+        return self.shaper.shape(request).key
+
     # ---- batch machinery -----------------------------------------------------------------------------------
     def _split(self, requests: Iterable[ChatRequest]) -> tuple[list, dict[str, list[int]], list]:
-        """Answer cache hits now; group the rest by key so that duplicates within a batch cost one call."""
+        """Answer cache hits now, and requests the model cannot take (shaped with an error) with that error; group
+        the rest by key so that duplicates within a batch cost one call."""
         requests = list(requests)
         results: list[Any] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
-        todo: list[tuple[str, ChatRequest]] = []
+        todo: list[tuple[str, Shaped]] = []
         for i, req in enumerate(requests):
-            k = req.key(self.model_id)
+            shaped = self.shaper.shape(req)
+            k = shaped.key
             if (hit := self.cache.get(k)) is not None:
                 results[i] = hit
                 self.ledger.count("cache_hits")
+            elif shaped.error is not None:
+                results[i] = ChatResult(k, error=shaped.error)
             elif k in groups:
                 groups[k].append(i)
             else:
                 groups[k] = [i]
-                todo.append((k, req))
+                todo.append((k, shaped))
         return results, groups, todo
 
     def _submit(self, coro: Coroutine) -> concurrent.futures.Future:
@@ -284,8 +297,8 @@ class LLM:
             bar.set_postfix(tok_in=c["prompt_tokens"], tok_out=c["completion_tokens"], fail=c["failures"])
 
         async def worker() -> None:
-            for key, req in pending:  # one shared iterator: each request is taken by exactly one worker
-                res = await self._one(key, req)
+            for key, shaped in pending:  # one shared iterator: each request is taken by exactly one worker
+                res = await self._one(key, shaped)
                 first, *dups = groups[key]
                 results[first] = res
                 for j in dups:
@@ -301,24 +314,30 @@ class LLM:
             postfix()
             bar.close()
 
-    async def _one(self, key: str, req: ChatRequest) -> ChatResult:
-        """One request with retries -> ChatResult. Never raises: failures come back as ChatResult.error."""
+    async def _one(self, key: str, shaped: Shaped) -> ChatResult:
+        """One request with retries -> ChatResult. Never raises: failures come back as ChatResult.error. A 400 that
+        refuses the response_format is asked again once in the next weaker mode (see capabilities.Shaper)."""
+        req = shaped.request
         est, url = self.ledger.estimate_usd(req), self._urls[req.path]
-        body = json.dumps(self._body(req)).encode()
+        body, weaker = json.dumps(shaped.body).encode(), None
         assert self._sem is not None  # down and budget are checked once a slot is free: waiting costs nothing
         async with self._sem:
             if self._down is not None:
                 return ChatResult(key, error=self._down)
-            if not self.ledger.reserve(est):
-                return ChatResult(key, error=BUDGET_ERROR)
-            self.ledger.count("requests")
-            try:  # the first attempt skips tenacity, whose async machinery costs ~50 us of CPU per request
-                data, error = await self._post(url, body, retry=False), None
-            except ServerDied:
-                self.ledger.release(est)
-                raise
-            except Exception as e:
-                data, error = None, e
+            stale = self.shaper.current(shaped)  # its response_format mode was refused while it waited
+            if stale is shaped:
+                if not self.ledger.reserve(est):
+                    return ChatResult(key, error=BUDGET_ERROR)
+                self.ledger.count("requests")
+                try:  # the first attempt skips tenacity, whose async machinery costs ~50 us of CPU per request
+                    data, error = await self._post(url, body, retry=False), None
+                except ServerDied:
+                    self.ledger.release(est)
+                    raise
+                except Exception as e:
+                    data, error = None, e
+        if stale is not shaped:
+            return await self._again(stale, 0)
         attempts = 1
         try:
             if error is not None:
@@ -343,12 +362,30 @@ class LLM:
         except ServerDied:
             raise
         except Exception as e:  # every failure is reported per request; the batch goes on
-            self.ledger.count("failures")
-            return ChatResult(key, error=self._describe(e, attempts), attempts=attempts)
+            if not (
+                isinstance(e, HTTPError)
+                and e.about_response_format
+                and self.shaper.refused(shaped.mode, e.message)
+            ):
+                self.ledger.count("failures")
+                return ChatResult(key, error=self._describe(e, attempts), attempts=attempts)
+            weaker = self.shaper.shape(req)
         finally:
             self.ledger.release(est)
             self.ledger.count("retries", attempts - 1)
+        if weaker is not None:
+            return await self._again(weaker, attempts)
         return self._answer(key, data, attempts)
+
+    async def _again(self, shaped: Shaped, attempts: int) -> ChatResult:
+        """Ask a request again in a weaker response_format mode (its own key: maybe cached already)."""
+        if shaped.error is not None:
+            return ChatResult(shaped.key, error=shaped.error, attempts=attempts)
+        if (hit := self.cache.get(shaped.key)) is not None:  # another request of this batch asked it already
+            self.ledger.count("cache_hits")
+            return replace(hit, attempts=attempts)
+        res = await self._one(shaped.key, shaped)
+        return replace(res, attempts=res.attempts + attempts)
 
     def _answer(self, key: str, data: dict, attempts: int) -> ChatResult:
         """Count a completion's tokens and cache its text (appended to the file at the end of this loop pass)."""
@@ -441,12 +478,6 @@ class LLM:
         if ra is not None:
             return min(max(ra, 0.0), cap)
         return random.uniform(0, min(cap, self.cfg.retry_initial_s * 2 ** (attempt - 1)))
-
-    def _body(self, req: ChatRequest) -> dict:
-        style = self.cfg.response_format_style
-        if style == "auto":
-            style = "llama_cpp" if self.cfg.base_url is None else "openai"
-        return request_body(req, self.cfg.model, style)
 
     def _describe(self, e: BaseException, attempts: int) -> str:
         """A readable error for ChatResult.error, with the API key masked should the server echo it."""

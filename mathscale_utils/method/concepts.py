@@ -45,7 +45,9 @@ RETRY = (
 
 
 def json_schema(cfg: ExtractConfig) -> dict:
-    """The JSON schema the reply must follow (grammar-constrained on llama.cpp, json_schema on OpenAI)."""
+    """The JSON schema the reply must follow: grammar-constrained on llama.cpp, response_format json_schema where the
+    model has structured outputs. Elsewhere the client asks in JSON mode or with the prompt's instructions alone
+    (inference/capabilities.py), and parse_reply checks the shape either way."""
     strings = {"type": "array", "items": {"type": "string"}, "minItems": 1}
     return {
         "type": "object",
@@ -58,7 +60,8 @@ def json_schema(cfg: ExtractConfig) -> dict:
 
 
 def build_request(question: str, cfg: ExtractConfig) -> ChatRequest:
-    """One extraction call (JSON reply, grammar-constrained to the schema where the server supports it)."""
+    """One extraction call (JSON reply, constrained to the schema where the model supports it). The prompt says
+    "JSON", which OpenAI's JSON mode requires of the messages."""
     messages = [{"role": "user", "content": PROMPT.format(question=question.strip())}]
     fmt = {"type": "json_object", "schema": json_schema(cfg)} if cfg.json_schema else {"type": "json_object"}
     return ChatRequest(

@@ -1,2 +1,3 @@
-"""The six stages as functions (``stages.run(P, "01")``) and the chain that runs them through their notebooks with
-papermill, sweeps over settings, and the run's manifest. The top layer: nothing in the package imports it."""
+"""The six stages as functions (``stages.run(P, "01")``), the chain that runs them through their notebooks with
+papermill, sweeps over settings, the run's manifest, and the plan of what a run will cost before it starts
+(``--plan``). The top layer: nothing in the package imports it."""

@@ -2,6 +2,7 @@
 
     python -m mathscale_utils.runs.chain params/quickstart.yaml [--only 01,02] [--from 03] [--engine python]
     python -m mathscale_utils.runs.chain --sweep params/scaling_cpu.yaml
+    python -m mathscale_utils.runs.chain params/paper.yaml --plan [--json]   # requests, cost, time, disk: nothing sent
 
 Writes outputs/<run_name>/: executed notebooks under notebooks/, each stage's artifacts, and manifest.json (git
 commit, params, package versions, seed, per-stage wall time, tokens, cost, status). Only the params file path is
@@ -41,6 +42,7 @@ from mathscale_utils.core.params import (
     safe_name,
 )
 from mathscale_utils.runs import stages
+from mathscale_utils.runs.plan import format_plan, plan
 
 KERNEL = "mathscale"
 ENGINES = ("notebook", "python")
@@ -347,6 +349,11 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
 def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
     """Write one full params file per setting (outputs/<sweep>/params/<name>.yaml), validated before any run;
     with write=False only validate them and return the paths they would have."""
+    return [path for path, _ in sweep_settings(sweep_file, write)]
+
+
+def sweep_settings(sweep_file: str | Path, write: bool = False) -> list[tuple[Path, Params]]:
+    """(params file, validated params) of every setting of a sweep; the files are written only with write=True."""
     sweep_file = resolve_path(sweep_file)
     try:
         text = sweep_file.read_text(encoding="utf-8")
@@ -374,10 +381,10 @@ def sweep_params(sweep_file: str | Path, write: bool = True) -> list[Path]:
         d["tags"] = {**d.get("tags", {}), "sweep": sweep.sweep_name, "setting": setting.name, **setting.set}
         text = yaml.safe_dump(d, sort_keys=False)
         path = sweep_dir / "params" / f"{setting.name}.yaml"
-        parse_params(text, source=f"{sweep_file} (setting {setting.name})")
+        params = parse_params(text, source=f"{sweep_file} (setting {setting.name})")
         if write:
             write_text(path, text)
-        out.append(path)
+        out.append((path, params))
     return out
 
 
@@ -398,6 +405,18 @@ def run_sweep(sweep_file: str | Path, engine: str = "notebook") -> list[dict]:
     return manifests
 
 
+def print_plans(params: list[Params], as_json: bool) -> int:
+    """--plan: print the plan of one params file, or of each setting of a sweep (they share one LLM cache, so the
+    calls a smaller setting shares with a larger one are paid once); 1 when a budget falls short."""
+    plans = [plan(P) for P in params]
+    print(
+        json.dumps(plans if len(plans) > 1 else plans[0], indent=1)
+        if as_json
+        else "\n\n".join(map(format_plan, plans))
+    )
+    return 0 if all(p["budget_covers"] for p in plans) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m mathscale_utils.runs.chain", description=__doc__.split("\n")[0]
@@ -412,10 +431,22 @@ def main(argv: list[str] | None = None) -> int:
         default="notebook",
         help="notebook: execute the notebooks with papermill (default); python: call stages.py directly",
     )
+    ap.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each stage's requests, tokens, cost (live and Batch API), wall time, disk and GPU-hours, and "
+        "whether llm.budget_usd covers them; run nothing",
+    )
+    ap.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     args = ap.parse_args(argv)
     if bool(args.params) == bool(args.sweep):
         ap.error("give either a params file or --sweep FILE")
+    if args.json and not args.plan:
+        ap.error("--json goes with --plan")
     try:
+        if args.plan:
+            settings = [P for _, P in sweep_settings(args.sweep)] if args.sweep else []
+            return print_plans(settings or [load_params(args.params, check_files=False)], args.json)
         if args.sweep:
             ms = run_sweep(args.sweep, engine=args.engine)
             print(f"[sweep] done: {len(ms)} setting(s)")
