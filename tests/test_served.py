@@ -159,13 +159,29 @@ def test_stage_05_asks_the_base_at_a_server_you_run(tmp_path, in_process):
         asked = list(srv.asked)
     assert asked == ["student"] * 2 + ["base"] * 2
     _assert_baseline(P, metrics, f"base@{srv.base_url}")
+    # a fully fine-tuned student: vLLM serves one full model, so the base is at a URL of its own
+    P.run.adapter.joinpath("adapter_config.json").unlink()
+    P.run.adapter.joinpath("adapter_model.safetensors").unlink()
+    P.run.adapter.joinpath("config.json").write_text("{}")
+    P.run.adapter.joinpath("model.safetensors").write_bytes(b"full weights")
+    P.run.training_card.write_text("{}")
+    with (
+        FakeServed.vllm([str(P.run.adapter), "--served-model-name", "student"]) as srv,
+        FakeServed.vllm(["org/base-7b"]) as base_srv,
+    ):
+        P = _params(
+            tmp_path,
+            f"serve: off, model: student, base_url: '{srv.base_url}', baseline_base_url: '{base_srv.base_url}'",
+        )
+        metrics = stages.evaluate(P, log=lambda m: None)
+        assert srv.asked == ["student"] * 2 and base_srv.asked == ["org/base-7b"] * 2
+    assert (
+        metrics["served"]["verified"]
+        and metrics["baseline"]["identity"] == f"org/base-7b@{base_srv.base_url}"
+    )
     # the base is missing at the URL: the stage says what to do
-    with FakeServed.vllm(["org/base-7b", "--served-model-name", "student"]) as srv:
+    with FakeServed.vllm([str(P.run.adapter), "--served-model-name", "student"]) as srv:
         P = _params(tmp_path, f"serve: off, model: student, base_url: '{srv.base_url}'")
-        P.run.adapter.joinpath(
-            "adapter_config.json"
-        ).unlink()  # a full fine-tune's directory, named by its root
-        P.run.adapter.joinpath("config.json").write_text("{}")
         with pytest.raises(served.ServedModelError, match="evaluate.baseline_model"):
             served.base_on_server(
                 P, P.llm.model_copy(update={"model": "student", "base_url": srv.base_url}), "off"

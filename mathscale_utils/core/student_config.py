@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import PAPER_PAIRS
 from mathscale_utils.core.templates import PAPER_MAX_TOKENS, STOP_STRINGS, TemplateName
 
@@ -193,7 +194,12 @@ class EvalConfig(BaseModel):
     )
     baseline_model: str | None = Field(
         None,
-        description="with serve: off, the base student's name at evaluate.base_url (default: finetune.base_model)",
+        description="with serve: off, the base student's name at baseline_base_url (default: finetune.base_model)",
+    )
+    baseline_base_url: str | None = Field(
+        None,
+        description="with serve: off, the endpoint serving the base student (default: evaluate.base_url; vLLM "
+        "serves one full model per server, so a fully fine-tuned student's base needs its own)",
     )
     accept_unverified_server: bool = Field(
         False,
@@ -206,6 +212,11 @@ class EvalConfig(BaseModel):
         "and a student trained with prompt_format alpaca saw exactly that); chat: one user message; auto: "
         "completion for a student trained on prompt_format alpaca, else chat",
     )
+
+    @field_validator("baseline_base_url")
+    @classmethod
+    def _baseline_url(cls, v: str | None) -> str | None:
+        return LLMConfig._http_url(v)
 
     @field_validator("serve", mode="before")
     @classmethod

@@ -216,7 +216,7 @@ def base_identity(P: Params, where: str) -> str:
 def base_on_server(P: Params, student_cfg: LLMConfig, mode: str) -> LLMConfig | None:
     """The base student on the student's own server, when that server has it: vLLM serving a LoRA lists the base as
     the LoRA's parent; a server you run (serve: off) serves it as evaluate.baseline_model (default: finetune's
-    base_model), which must be listed there. None when the base needs a server of its own (base_server)."""
+    base_model) at evaluate.baseline_base_url (default: the student's URL), where it must be listed. None when the base needs a server of its own (base_server)."""
     url = student_cfg.base_url
     if mode == "vllm" and url:
         models = served_models(url, student_cfg.api_key_env)
@@ -226,13 +226,19 @@ def base_on_server(P: Params, student_cfg: LLMConfig, mode: str) -> LLMConfig | 
         return student_cfg.model_copy(update={"model": parent, "identity": base_identity(P, "vllm")})
     if mode == "off" and url:
         name = P.evaluate.baseline_model or P.finetune.base_model
-        ids = [m["id"] for m in served_models(url, student_cfg.api_key_env)]
+        url = P.evaluate.baseline_base_url or url
+        try:
+            ids = [m["id"] for m in served_models(url, student_cfg.api_key_env)]
+        except (OSError, ValueError) as e:
+            raise ServedModelError(f"stage 05's baseline: cannot list the models at {url} ({e})") from None
         if name not in ids:
             raise ServedModelError(
-                f"stage 05's baseline: the server at {url} serves {ids}, not the base model {name!r}: serve it there "
-                "too and name it in evaluate.baseline_model, or set evaluate.baseline: false"
+                f"stage 05's baseline: the server at {url} serves {ids}, not the base model {name!r}: serve it (at "
+                "evaluate.baseline_base_url, default evaluate.base_url) and name it in evaluate.baseline_model, or "
+                "set evaluate.baseline: false"
             )
-        return student_cfg.model_copy(update={"model": name, "identity": f"{name}@{url}"})
+        update = {"model": name, "base_url": url, "identity": f"{name}@{url}"}
+        return student_cfg.model_copy(update=update)
     return None
 
 
