@@ -244,3 +244,25 @@ def _wait(url: str) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not start")
+
+
+def test_a_cached_llama_cpp_baseline_starts_no_server(tmp_path):
+    """On CPU the base is the student's GGUF without its adapter, started by the LLM client on the first request
+    that is not cached: a re-run (or a sweep sharing the cache) answers the baseline without starting anything."""
+    from mathscale_utils.core.artifacts import Record
+    from mathscale_utils.core.templates import fill_template
+    from mathscale_utils.evaluation.mwpbench import eval_request, run_eval
+    from mathscale_utils.inference.llm import LLM
+
+    P = _params(tmp_path, "serve: llama_cpp", "{base_model: smollm2-135m-instruct}")
+    recs = [Record(f"g{i}", "gsm8k", "gsm8k", f"What is {i} + {i}?", str(2 * i)) for i in range(3)]
+    with served.base_server(P, "llama_cpp") as cfg:
+        assert (cfg.model, cfg.base_url, cfg.lora_path) == ("smollm2-135m-instruct", None, None)
+        assert cfg.identity == "smollm2-135m-instruct@llama_cpp"
+        with LLM.for_stage(P, "05_evaluate_baseline", cfg, progress=False) as llm:
+            for r in recs:  # answers of an earlier run, in the run's cache
+                key = eval_request(fill_template("alpaca", r.question), P.evaluate).key(llm.model_id)
+                llm.cache.put(key, cfg.model, f"The answer is {r.answer}.", 10, 5, "stop")
+            rows = run_eval(recs, llm, P.evaluate, P.run.baseline_predictions)
+            assert llm._server is None  # nothing was started
+    assert all(r["cached"] and r["paper_correct"] for r in rows)

@@ -27,8 +27,7 @@ from urllib.parse import urlparse
 
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params, resolve_path
-from mathscale_utils.inference.server import LocalServer
-from mathscale_utils.inference.weights import base_path, ensure_model
+from mathscale_utils.inference.weights import base_path
 from mathscale_utils.training.serve import CommandServer
 
 _TIMEOUT_S = 10.0
@@ -244,29 +243,26 @@ def base_on_server(P: Params, student_cfg: LLMConfig, mode: str) -> LLMConfig | 
 
 @contextmanager
 def base_server(P: Params, mode: str) -> Iterator[LLMConfig]:
-    """A server for the base student that this stage starts and stops: llama.cpp's server with the same GGUF base as
-    the student and no adapter (mode llama_cpp), or ``vllm serve BASE`` (mode vllm, after a full fine-tune)."""
+    """A server for the base student: llama.cpp's server with the same GGUF base as the student and no adapter (mode
+    llama_cpp; the LLM client starts it on the first request not in the cache, so a cached baseline costs nothing),
+    or ``vllm serve BASE``, started here and stopped after the block (mode vllm, after a full fine-tune)."""
     ft, run, ev = P.finetune, P.run, P.evaluate
-    log = run.root / "base_server.log"
     if mode == "llama_cpp":
-        server: Any = LocalServer(
-            ensure_model(ft.base_model),
-            "base",
-            P.llm.n_ctx,
-            P.llm.n_threads,
-            None,
-            log,
-            parallel=P.llm.concurrency,
+        update = {"model": ft.base_model, "base_url": None, "lora_path": None, "backend": "chat"}
+        yield P.llm.model_copy(update={**update, "identity": base_identity(P, mode)})
+        return
+    if mode != "vllm":
+        raise ValueError(
+            f"stage 05's baseline: no server for the base student with evaluate.serve: {mode} (set "
+            "evaluate.baseline_model and evaluate.base_url, or evaluate.baseline: false)"
         )
-    elif mode == "vllm":
-        server = CommandServer([*ev.vllm_command, base_path(ft.base_model)], log, ev.server_startup_s)
-    else:
-        raise ValueError(f"no base server for evaluate.serve: {mode}")
+    server = CommandServer(
+        [*ev.vllm_command, base_path(ft.base_model)], run.root / "base_server.log", ev.server_startup_s
+    )
     try:
         server.start()
-        name = "base" if mode == "llama_cpp" else served_models(server.base_url)[0]["id"]
         update = {
-            "model": name,
+            "model": served_models(server.base_url)[0]["id"],
             "base_url": server.base_url,
             "identity": base_identity(P, mode),
             "lora_path": None,
