@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-BASE_ANSWER = " I am not sure. Maybe 7."
+BASE_ANSWER = " Let me think. " + "Maybe it is 7. " * 6  # the untrained base loops and declares nothing
 STUDENT_ANSWER = " The answer is 18."
 
 

@@ -266,3 +266,53 @@ def test_a_cached_llama_cpp_baseline_starts_no_server(tmp_path):
             rows = run_eval(recs, llm, P.evaluate, P.run.baseline_predictions)
             assert llm._server is None  # nothing was started
     assert all(r["cached"] and r["paper_correct"] for r in rows)
+
+
+def test_notebook_05_shows_base_against_fine_tuned_and_the_flags(tmp_path):
+    """Notebook 05 itself, headless, against a server you run (a vLLM stand-in started after training, serving the
+    LoRA and its base): the checked server, the side-by-side table and plot, the flag counts for both students."""
+    import papermill as pm
+
+    from mathscale_utils.core.params import ROOT
+    from mathscale_utils.runs.chain import ensure_kernel
+
+    P0 = _params(tmp_path, "serve: off, model: student, base_url: 'http://x/v1'")
+    adapter = _lora(P0)
+    port = _free_port()
+    argv = [
+        "org/base-7b",
+        "--served-model-name",
+        "base",
+        "--enable-lora",
+        "--lora-modules",
+        f"student={adapter}",
+    ]
+    proc = subprocess.Popen([sys.executable, str(SHIM), *argv, "--host", "127.0.0.1", "--port", str(port)])
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        _wait(url)
+        params = tmp_path / "p.yaml"
+        params.write_text(
+            f"run_name: r\noutputs_dir: {tmp_path}\nllm: {{model: teacher, base_url: 'http://127.0.0.1:9/v1'}}\n"
+            "finetune: {base_model: org/base-7b}\n"
+            f"evaluate: {{datasets: [gsm8k, MATH], n_per_dataset: 2, serve: 'off', model: student, base_url: '{url}', "
+            "baseline_model: base}\n"
+        )
+        out = tmp_path / "05.ipynb"
+        pm.execute_notebook(
+            str(ROOT / "notebooks" / "05_mwpbench_eval.ipynb"),
+            str(out),
+            parameters={"params_file": str(params)},
+            kernel_name=ensure_kernel(),
+            cwd=str(ROOT),
+            progress_bar=False,
+        )
+    finally:
+        proc.kill()
+        proc.wait(10)
+    metrics = read_json(P0.run.metrics)
+    assert metrics["served"]["verified"] and metrics["baseline"]["identity"] == f"base@{url}"
+    assert metrics["baseline"]["degenerate"]["loop"] == 4 and metrics["degenerate"]["loop"] == 0
+    text = out.read_text()
+    assert "only fine-tuned right" in text and "repetition loop" in text and "Maybe it is 7" in text
+    assert "image/png" in text  # the base-against-fine-tuned plot
