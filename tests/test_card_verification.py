@@ -75,3 +75,8 @@ def test_a_verified_pair_is_shown_first():
     assert examples.index("verified: the teacher's re-solve agrees") < examples.index("re-solve disagrees")
     assert examples.index(QUESTIONS["c0"]) > examples.index("verified: the teacher")
     assert "2 of 3 generated pairs are verified" in card
+
+
+def test_no_pair_kept_says_so():
+    v = dataset_card.verification([], GenerateConfig())
+    assert v["generated"] == 0 and dataset_card.verification_line(v).startswith("No generated pair was kept")

@@ -72,6 +72,8 @@ def verification(rows: Sequence[dict], cfg: GenerateConfig) -> dict[str, Any]:
 
 def verification_line(v: dict[str, Any]) -> str:
     """One sentence for the card and notebook 03: how many pairs are verified, and how many are not."""
+    if not v["generated"]:
+        return "No generated pair was kept, so there is nothing to verify."
     if v["check"] == "off":
         return (
             f"**{v['unverified']} of {v['generated']} generated pairs are unverified**: the answer check "
