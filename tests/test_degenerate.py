@@ -36,6 +36,9 @@ LOOPS = {
     "digits": "So the probability is 0.1" + "6" * 60,
     # a counting loop that stopped counting: the same line over and over
     "lines": "Step 1: 3 + 4 = 7\nStep 2: 7 * 2 = 14\n" + "Step 3: 14 - 2 = 12\n" * 5,
+    # Qwen2.5-Coder-0.5B-Instruct, untrained, on a CollegeMath item of the quickstart (greedy, cut at 384 tokens)
+    "qwen_equation": "$\\frac{c^2 b^6 \\cdot 2 a^{-3} b^2}{a^3 b^{-2} c^3}"
+    + " = \\frac{c^2 b^6}{a^3 b^{-2} c^3}" * 16,
 }
 NOT_LOOPS = {
     "solution": SOLUTION,
@@ -50,6 +53,12 @@ NOT_LOOPS = {
     # a repeating decimal written with a sensible number of digits
     "decimal": "1/3 = 0.3333333333333333, so the answer is $\\frac{1}{3}$.",
     "empty": "",
+    # the same model on a MATH item: a long solution cut at 384 tokens (finish "length"), with restated factors
+    "qwen_cut": "2. **Roots of the Polynomial:**\n   - Since \\( p(x) \\) has roots at \\( x = 2009, 9002, \\) and "
+    "\\( 2009 + 9002\\pi i \\), we can write:\n     \\[\n     p(x) = (x - 2009)(x - 9002)(x + 9002\\pi i)\n     "
+    "\\]\n\n3. **Simplifying the Polynomial:**\n   - Expand the product:\n     \\[\n     p(x) = (x - 2009)(x - 9002)"
+    "(x + 9002\\pi i) = x^3 - (2009 + 9002\\pi i)(x - 9002) - (2009 + 9002\\pi i)(x + 9002\\pi i)\n     \\]\n"
+    "     \\[\n     p(x) = x^3 - (2009^2 + 18004\\pi i)(x - 9002) - (2009^2 + 18004\\pi",
 }
 
 
