@@ -145,7 +145,34 @@ def test_smoke_params_run_every_stage_with_the_embedded_model(tmp_path):
     assert card["steps"] == 4 and (run_dir / "adapter" / "adapter.gguf").exists()
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["adapter"] and metrics["n_items"] == len(read_jsonl(run_dir / "predictions.jsonl")) > 0
+    _assert_baseline_and_flags(run_dir, metrics, manifest)
     assert read_json(run_dir / "scaling_summary.json")["runs"]
+
+
+def _assert_baseline_and_flags(run_dir: Path, metrics: dict, manifest: dict) -> None:
+    """Stage 05 asked the untrained base GGUF (no adapter) the same items with the same prompt, under its own
+    identity; metrics.json holds both, their paired difference and the degenerate-answer counts; stage 06's curve
+    starts at the base."""
+    base = metrics["baseline"]
+    assert base["identity"] == "smollm2-135m-instruct@llama_cpp" and base["n_items"] == metrics["n_items"]
+    assert {"paper", "strict", "degenerate", "difference"} <= set(base) and base["paper"]["micro"] is not None
+    rows = {r["id"]: r for r in read_jsonl(run_dir / "predictions.jsonl")}
+    base_rows = {r["id"]: r for r in read_jsonl(run_dir / "baseline_predictions.jsonl")}
+    assert rows.keys() == base_rows.keys() and all(base_rows[i]["prompt"] == rows[i]["prompt"] for i in rows)
+    assert (
+        {r["model"] for r in base_rows.values()} == {base["identity"]} != {r["model"] for r in rows.values()}
+    )
+    flags = metrics["degenerate"]
+    assert flags["n"] == metrics["n_items"] - metrics["n_errors"] and set(flags["datasets"]) == {
+        "gsm8k",
+        "MATH",
+    }
+    assert all(
+        isinstance(r["loop"], bool) and r["finish_reason"] in ("stop", "length") for r in rows.values()
+    )
+    assert manifest["stages"]["05"]["llm"]["total"]["requests"] >= 2 * metrics["n_items"]  # both students
+    curve = read_json(run_dir / "scaling_summary.json")["curve"]
+    assert any(p["examples"] == 0 and p["run"] == "base" for p in curve)
 
 
 def test_sweep_shares_the_cache_and_resumes(tmp_path, monkeypatch):

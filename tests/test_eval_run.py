@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from mathscale_utils.core.artifacts import Record
-from mathscale_utils.core.io import DataError
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.student_config import EvalConfig
 from mathscale_utils.core.templates import STOP_STRINGS, fill_template
@@ -167,13 +166,58 @@ def test_duck_typed_llm_none_text_and_chunks(tmp_path):
     assert by_id["gsm8k.0"]["paper_correct"] and by_id["gsm8k.0"]["model"] is None
 
 
-def test_a_different_template_needs_a_fresh_file(tmp_path):
-    llm = _FakeLLM(lambda p: _Result("The answer is 18."))
+class _KeyedLLM(_FakeLLM):
+    """Answers both request kinds, and records every request it was sent."""
+
+    def __init__(self, reply, model_id="student"):
+        super().__init__(reply)
+        self.model_id, self.sent = model_id, []
+
+    def chat_many(self, requests, desc=""):
+        self.calls.append(len(requests))
+        self.sent += requests
+        return [self.reply(r.prompt if r.prompt is not None else r.messages[0]["content"]) for r in requests]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"cfg": {"max_tokens": 99}},
+        {"cfg": {"stop": ["</s>"]}},
+        {"cfg": {"stop": None}},
+        {"cfg": {"template": "alpaca_force_ans"}},
+        {"kind": "completion"},
+        {"model_id": "student+lora:other"},
+    ],
+    ids=["max_tokens", "stop", "no_stop", "template", "request_kind", "model"],
+)
+def test_resume_is_keyed_by_every_setting_that_shapes_a_request(tmp_path, change):
+    """A changed setting re-asks every item (its newer row wins); the same settings ask nothing again."""
     out = tmp_path / "p.jsonl"
+    first = _KeyedLLM(lambda p: _Result("The answer is 1."))
+    run_eval(RECORDS[:3], first, EvalConfig(), out)
+    run_eval(RECORDS[:3], first, EvalConfig(), out)
+    assert first.calls == [3]  # unchanged: resumed, nothing asked
+    llm = _KeyedLLM(lambda p: _Result("The answer is 18."), change.get("model_id", "student"))
+    cfg = EvalConfig(**change.get("cfg", {}))
+    rows = run_eval(RECORDS[:3], llm, cfg, out, kind=change.get("kind", "chat"))
+    assert llm.calls == [3] and all(r["completion"] == "The answer is 18." for r in rows)
+    assert len({r["request_key"] for r in rows}) == 3
+    assert [r["completion"] for r in load_predictions(out)] == ["The answer is 18."] * 3
+    run_eval(RECORDS[:3], llm, cfg, out, kind=change.get("kind", "chat"))
+    assert llm.calls == [3]  # the new settings, resumed: nothing asked again
+
+
+def test_rows_made_before_request_keys_are_asked_again(tmp_path):
+    """A predictions file written before rows carried request_key (or by hand) is not trusted: asked again."""
+    out = tmp_path / "p.jsonl"
+    llm = _KeyedLLM(lambda p: _Result("The answer is 18."))
+    rows = run_eval(RECORDS[:2], llm, EvalConfig(), out)
+    out.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "request_key"}) + "\n" for r in rows)
+    )
     run_eval(RECORDS[:2], llm, EvalConfig(), out)
-    with pytest.raises(DataError, match="different prompt"):
-        run_eval(RECORDS[:2], llm, EvalConfig(template="alpaca_force_ans"), out)
-    run_eval(RECORDS[:2], llm, EvalConfig(template="alpaca_force_ans", stop=None), tmp_path / "q.jsonl")
+    assert llm.calls == [2, 2]
 
 
 def test_a_retrained_student_is_asked_again(tmp_path):

@@ -12,7 +12,7 @@ from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.core.params import Params
 from mathscale_utils.core.templates import fill_template
-from mathscale_utils.evaluation import mwpbench
+from mathscale_utils.evaluation import baseline, mwpbench
 from mathscale_utils.inference.llm import LLM
 from mathscale_utils.method import concepts, dataset_card, filters
 from mathscale_utils.method import generate as gen
@@ -53,10 +53,11 @@ def predictions(answers: dict[str, str]) -> list[dict]:
     return rows
 
 
-def make_run(server, root, name, pairs, answers, setting=None, sweep="sw", unusable=0, wall=10.0):
+def make_run(server, root, name, pairs, answers, setting=None, sweep="sw", unusable=0, wall=10.0, base=None):
     """A finished run root/name: stage 01's concepts of four seeds, stage 03's `pairs` kept pairs (and `unusable`
     compositions the teacher fails twice) through the LLM client, stage 05's metrics of `answers` (see
-    predictions), and the chain's manifest with stage 03's wall time and LLM usage."""
+    predictions) with the base student's `base` answers as its baseline, and the chain's manifest with stage 03's
+    wall time and LLM usage."""
     tags = {"sweep": sweep, "setting": setting} if setting else {}
     P = Params(
         run_name=name,
@@ -103,7 +104,15 @@ def make_run(server, root, name, pairs, answers, setting=None, sweep="sw", unusa
         raw = gen.generate_shards(run, comps, gen.FewShotIndex(seeds), llm, GENERATE, P.seed, log=_quiet)
     asm = filters.filter_and_assemble(raw, seeds, GENERATE, P.llm.model, log=_quiet)
     dataset_card.export(run, asm, GENERATE, P.llm, seeds, P.seed)
-    mwpbench.write_metrics(run, mwpbench.compute_metrics(predictions(answers)), P.evaluate, "student")
+    metrics = mwpbench.compute_metrics(predictions(answers))
+    extra = {}
+    if base:
+        base_rows = predictions(base)
+        diff = baseline.compare(predictions(answers), base_rows, metrics["datasets_evaluated"])
+        extra["baseline"] = baseline.baseline_block(
+            "base@llama_cpp", mwpbench.compute_metrics(base_rows), diff
+        )
+    mwpbench.write_metrics(run, metrics, P.evaluate, "student", **extra)
     manifest = chain.manifest_for(P)
     entry = chain.stage_entry("03", "python")
     manifest["stages"]["03"] = chain.record_stage(entry, "ok", wall, chain.stage_usage(run.root, "03"))
@@ -262,3 +271,31 @@ def test_notebook_06_draws_an_ablation_sweep(tmp_path, fake_openai):
     assert {r["run"] for r in summary["curve"]} == {"sw-full"}
     assert run.scaling_png.stat().st_size > 1000
     assert summary["concept_growth"][-1]["knowledge_points"] == 5  # k0..k3 and k, from make_run's four seeds
+
+
+def test_the_base_student_is_each_curves_zero_example_point(tmp_path, fake_openai):
+    """Stage 05's baseline (the untrained base on the same items) starts each curve at 0 examples: in the long
+    table, in the micro interval (its items counted once) and on the plot (at x = 1, labelled "0 (base)")."""
+    base = {"gsm8k": "+---", "tal": "--"}
+    make_run(fake_openai, tmp_path, "a", 8, {"gsm8k": "+~--", "tal": "--"}, base=base)
+    make_run(fake_openai, tmp_path, "b", 16, {"gsm8k": "++~-", "tal": "+-"}, base=base)
+    make_run(fake_openai, tmp_path, "lone", 8, {"gsm8k": "++++"}, sweep=None, base={"gsm8k": "++--"})
+    runs = scaling.collect_runs(tmp_path)
+    runs["curve"] = ["sw", "sw", "lone"]  # runs a and b form one sweep
+    assert runs.set_index("run").loc["a", "base_paper_micro"] == pytest.approx(100 / 6)
+    assert runs.set_index("run").loc["a", "base_identity"] == "base@llama_cpp"
+    long = scaling.scaling_frame(runs, "paper")
+    zero = long[long.examples == 0].set_index(["curve", "metric"])["accuracy"]
+    assert zero[("sw", "micro")] == pytest.approx(100 / 6) and zero[("sw", "gsm8k")] == 25.0
+    assert zero[("lone", "micro")] == 50.0 and (long[long.examples == 0]["run"] == "base").all()
+    assert (
+        len(long[(long.examples == 0) & (long.curve == "sw")]) == 4
+    )  # once per curve: micro, macro, 2 datasets
+    band = scaling.micro_interval(runs[runs.curve == "sw"]).set_index("examples")
+    assert band.loc[0, "micro"] == pytest.approx(100 / 6) and band.loc[0, "n"] == 6
+    ax = scaling.plot_scaling(runs[runs.curve == "sw"])
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert "0 (base)" in labels
+    assert any(line.get_xdata()[0] == 1 for line in ax.get_lines())  # the curve starts at the base point
+    assert "base student" in " ".join(t.get_text() for t in ax.get_legend().get_texts())

@@ -8,7 +8,7 @@ This module imports nothing from the package: it is the map of the data flow, re
     02 graph     concepts -> concept_graph.graphml, views/, compositions.jsonl (CompositionRow)
     03 generate  compositions + seeds -> generation/shard-*.jsonl (GeneratedRow) -> mathscaleqa.jsonl (PairRow)
     04 finetune  mathscaleqa.jsonl -> adapter/ (+ adapter.gguf), finetune/loss.jsonl
-    05 evaluate  the student -> predictions.jsonl (PredictionRow), metrics.json
+    05 evaluate  the student (and its untrained base) -> predictions.jsonl (PredictionRow), metrics.json
     06 scaling   every run's manifest and metrics -> scaling_curves.png, scaling_summary.json
 """
 
@@ -67,6 +67,7 @@ class RunDir:
         self.training_card_md = self.adapter / "training_card.md"
         # 05 evaluate
         self.predictions = r / "predictions.jsonl"
+        self.baseline_predictions = r / "baseline_predictions.jsonl"  # the untrained base student's answers
         self.metrics = r / "metrics.json"
         self.accuracy_png = r / "mwpbench_accuracy.png"
         self.fresh_gaokao_check = r / "fresh_gaokao_check.html"
@@ -290,7 +291,13 @@ class PredictionRow(TypedDict, total=False):
     strict_method: str
     strict_error: str | None
     error: str | None  # the request's error, if it failed
+    finish_reason: str | None  # "stop", or "length" when max_tokens cut the answer
+    loop: bool  # the answer ends in a repetition loop (evaluation/degenerate.py)
+    length: bool  # it hit max_tokens
+    no_answer: bool  # it declares no final answer
     cached: bool
     template: str
     model: str  # the student's identity: name, + "+lora:<hash>" with an adapter
     max_tokens: int
+    request: str  # "chat" or "completion"
+    request_key: str  # hash of everything that shapes the request (resume asks again when it changes)

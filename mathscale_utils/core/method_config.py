@@ -190,13 +190,10 @@ class GenerateConfig(BaseModel):
     answer_check: bool = False
     answer_check_action: Literal["drop", "flag"] = "drop"
     answer_check_max_tokens: int = Field(1024, ge=16)
-    # decontamination against the MWPBench test questions
+    # decontamination against the MWPBench test questions (the official full_test.json: mwpbench_test_file, top level)
     decontaminate: bool = True
     decontam_datasets: list[str] | None = Field(
         None, description="MWPBench datasets to check; null = all available"
-    )
-    decontam_official_file: str | None = Field(
-        None, description="the official MWPBench full_test.json, if you have it"
     )
     ngram: int = Field(13, ge=3, description="word n-gram length for overlap decontamination")
     # near-duplicate removal among generated questions

@@ -57,6 +57,11 @@ class Params(BaseModel):
     cache_dir: str | None = None  # LLM response cache; default <run_dir>/cache (a sweep shares one)
     tags: dict[str, Any] = Field(default_factory=dict)  # free-form labels, e.g. a sweep's setting
     data_root: str | None = None
+    mwpbench_test_file: str | None = Field(
+        None,
+        description="the official MWPBench full_test.json, if you have it: stage 03 removes generated questions "
+        "that match its test questions and stage 05 evaluates on its rows (every dataset exact); one file for both",
+    )
     stages: list[str] = Field(default_factory=lambda: ["01"])
     llm: LLMConfig = Field(default_factory=LLMConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
@@ -140,6 +145,27 @@ def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str, in
     return out
 
 
+# keys that were replaced: (section, key) -> what to write instead
+RETIRED_KEYS = {
+    ("generate", "decontam_official_file"): "mwpbench_test_file",
+    ("evaluate", "official_test_file"): "mwpbench_test_file",
+}
+
+
+def retired_keys(data: dict, node: yaml.Node | None, source: str) -> list[str]:
+    """One message per replaced key the file still uses, with its line and what to write instead (the top-level
+    ``mwpbench_test_file`` names the official file once, for decontamination and evaluation alike)."""
+    out = []
+    for (section, key), instead in RETIRED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            line = _line_of(node, (section, key))
+            out.append(
+                f"{source}:{line}: key '{section}.{key}': replaced by the top-level key '{instead}' (one official "
+                "MWPBench full_test.json for decontamination and evaluation alike): write it there instead"
+            )
+    return out
+
+
 def parse_params(text: str, source: str = "<params>") -> Params:
     """Validate params from YAML text; raise ParamsError listing every problem with key and line."""
     try:
@@ -156,6 +182,8 @@ def parse_params(text: str, source: str = "<params>") -> Params:
             f"{source}:{line}: key '{key}': given twice (first on line {first})" for key, line, first in dups
         ]
         raise ParamsError("invalid params:\n  " + "\n  ".join(msgs))
+    if retired := retired_keys(data, node, source):
+        raise ParamsError("invalid params:\n  " + "\n  ".join(retired))
     try:
         params = Params.model_validate(data)
     except ValidationError as e:
@@ -198,10 +226,8 @@ def input_files(params: Params) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     if params.extract.seeds.path:
         out.append(("extract.seeds.path", resolve_path(params.extract.seeds.path)))
-    if params.generate.decontam_official_file:
-        out.append(("generate.decontam_official_file", resolve_path(params.generate.decontam_official_file)))
-    if params.evaluate.official_test_file:
-        out.append(("evaluate.official_test_file", resolve_path(params.evaluate.official_test_file)))
+    if params.mwpbench_test_file:
+        out.append(("mwpbench_test_file", resolve_path(params.mwpbench_test_file)))
     if params.finetune.train_file:
         out.append(("finetune.train_file", resolve_path(params.finetune.train_file)))
     if params.finetune.accelerate_config:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import PAPER_PAIRS
 from mathscale_utils.core.templates import PAPER_MAX_TOKENS, STOP_STRINGS, TemplateName
 
@@ -167,9 +168,6 @@ class EvalConfig(BaseModel):
     cap_per_task: int | None = Field(
         2000, description="first N items per data_topic in file order (paper: 2000); null or -1 = no cap"
     )
-    official_test_file: str | None = Field(
-        None, description="the official MWPBench full_test.json (makes every dataset exact)"
-    )
     include_fresh_gaokao: bool = Field(
         False, description="also evaluate Fresh-GaokaoMath-2023 (30 items, scored apart)"
     )
@@ -189,12 +187,43 @@ class EvalConfig(BaseModel):
         "started by this stage and stopped after it; off: evaluate.model at evaluate.base_url, served by you; "
         "auto: llama_cpp when stage 04 wrote adapter.gguf, else off",
     )
+    baseline: bool = Field(
+        True,
+        description="also evaluate the untrained base student (finetune.base_model) on the same items with the same "
+        "prompt, on the same kind of server, when stage 04 trained a student (metrics.json: baseline)",
+    )
+    baseline_model: str | None = Field(
+        None,
+        description="with serve: off, the base student's name at baseline_base_url (default: finetune.base_model)",
+    )
+    baseline_base_url: str | None = Field(
+        None,
+        description="with serve: off, the endpoint serving the base student (default: evaluate.base_url; vLLM "
+        "serves one full model per server, so a fully fine-tuned student's base needs its own)",
+    )
+    accept_unverified_server: bool = Field(
+        False,
+        description="with serve: off, ask a server whose model and weights cannot be checked against what stage 04 "
+        "trained (metrics.json records the answers as unverified); false: such a server is refused",
+    )
     request: Literal["auto", "chat", "completion"] = Field(
         "auto",
         description="completion: the bare template to /v1/completions (base models have no chat template, "
         "and a student trained with prompt_format alpaca saw exactly that); chat: one user message; auto: "
         "completion for a student trained on prompt_format alpaca, else chat",
     )
+
+    @field_validator("baseline_base_url")
+    @classmethod
+    def _baseline_url(cls, v: str | None) -> str | None:
+        return LLMConfig._http_url(v)
+
+    @field_validator("serve", mode="before")
+    @classmethod
+    def _off_is_off(cls, v: object) -> object:
+        """YAML 1.1 reads an unquoted `serve: off` as false: it means "off"."""
+        return "off" if v is False else v
+
     vllm_command: list[str] = Field(
         default_factory=lambda: ["vllm", "serve"],
         description="how to start vLLM (serve: vllm), before its arguments",

@@ -8,7 +8,8 @@ Evaluation in one picture::
 
     records (data.load_mwpbench) -> cap_per_task (first 2000 per data_topic, file order) -> stratified_subset
       -> fill_template("alpaca", question) -> ONE user message, greedy, paper stop strings, max_tokens
-      -> completion -> paper_judge (the number the paper reports) + strict_judge (math-verify), side by side
+      -> completion -> paper_judge (the number the paper reports) + strict_judge (math-verify), side by side,
+         + degenerate-answer flags (degenerate.py: loop, hit max_tokens, no final answer)
       -> predictions.jsonl (appended per chunk; a killed run resumes) -> compute_metrics -> metrics.json
 
 predictions.jsonl rows (one per item; on resume a re-tried item appends a newer row, the last row of an id wins)::
@@ -20,13 +21,16 @@ predictions.jsonl rows (one per item; on resume a re-tried item appends a newer 
      "clean_prediction", "clean_reference", "reference_error" (str|null), "strict_correct" (bool),
      "strict_extracted", "strict_method" (exact | choice | restated | parts | structure | numeric | text | symbolic |
      long_form | no_answer | none | error), "strict_source" (declared | last), "strict_error", "error" (request error
-     or null),
-     "cached" (bool), "template", "model" (name, + "+lora:<hash>" with an adapter), "max_tokens"}
+     or null), "finish_reason" ("stop" | "length" | null), "loop", "length", "no_answer" (bool flags),
+     "cached" (bool), "template", "model" (the identity: name, + "+lora:<hash>" with an adapter), "max_tokens",
+     "request" (chat | completion), "request_key" (hash of everything that shapes the request: resume key)}
 
 metrics.json (``compute_metrics``): accuracies in percent, per judge ("paper", "strict"): per task (data_topic),
 per dataset (MATH and college_math as size-weighted means of their subjects), micro (item-weighted over the
 evaluated datasets) and macro (unweighted mean over the evaluated datasets), plus item and error counts, the
-Fresh-GaokaoMath-2023 score kept apart, and which datasets are missing or approximate.
+degenerate-answer counts per dataset, the Fresh-GaokaoMath-2023 score kept apart, and which datasets are missing or
+approximate. Stage 05 adds "baseline" (the untrained base student on the same items: baseline.py) and "served"
+(what answered, checked: training/served.py).
 
 Driver behaviours not reproduced: ``--target_tasks`` kept a task when its name was a *substring* of the option
 string (``EvalConfig.datasets`` matches names exactly); the driver's exception handler skipped a whole task on any
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import Record, RunDir
-from mathscale_utils.core.io import DataError, append_jsonl, read_jsonl, write_json, write_jsonl
+from mathscale_utils.core.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from mathscale_utils.core.params import resolve_path
 from mathscale_utils.core.student_config import EvalConfig
 from mathscale_utils.core.templates import fill_template
@@ -55,6 +59,7 @@ from mathscale_utils.data.benchmarks import (
     load_mwpbench,
     read_fresh_gaokao,
 )
+from mathscale_utils.evaluation import degenerate
 from mathscale_utils.grading.judges import JUDGES, judge
 from mathscale_utils.inference.chat import ChatRequest
 
@@ -115,11 +120,14 @@ def cap_per_task(records: Sequence[Record], cap: int | None) -> list[Record]:
     return out
 
 
-def select_records(cfg: EvalConfig, data_dir: str | Path | None, seed: int) -> tuple[list[Record], list[str]]:
+def select_records(
+    cfg: EvalConfig, data_dir: str | Path | None, seed: int, official: str | Path | None = None
+) -> tuple[list[Record], list[str]]:
     """The items to evaluate: available datasets (cfg.datasets or all), the per-task cap in file order, then the
-    stratified subset; Fresh-Gaokao (all 30, never capped or sub-sampled) appended when asked. Returns warnings for
+    stratified subset; Fresh-Gaokao (all 30, never capped or sub-sampled) appended when asked. ``official``: the
+    official full_test.json (params ``mwpbench_test_file``), which makes every dataset exact. Returns warnings for
     datasets asked for but missing."""
-    official = resolve_path(cfg.official_test_file) if cfg.official_test_file else None
+    official = resolve_path(official) if official else None
     avail = {
         row["dataset"]: row
         for row in availability(
@@ -174,9 +182,15 @@ def _repair_torn_tail(path: Path) -> None:
 
 
 def prediction_row(
-    rec: Record, prompt: str, completion: str | None, error: str | None, **extra: Any
+    rec: Record,
+    prompt: str,
+    completion: str | None,
+    error: str | None,
+    finish_reason: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """One predictions.jsonl row: the item, the completion, both judges' verdicts (a failed request is wrong)."""
+    """One predictions.jsonl row: the item, the completion, both judges' verdicts (a failed request is wrong), how
+    the answer ended (finish_reason) and its degenerate-answer flags (``degenerate.flags``)."""
     row = {
         "id": rec.id,
         "dataset": rec.dataset,
@@ -190,8 +204,22 @@ def prediction_row(
     if error is not None:
         row["paper_correct"] = row["strict_correct"] = False
     row["error"] = error
+    row["finish_reason"] = finish_reason
+    row.update(degenerate.flags(completion, finish_reason, error))
     row.update(extra)
     return row
+
+
+def eval_request(prompt: str, cfg: EvalConfig, kind: str = "chat") -> ChatRequest:
+    """The request for one item: the filled template as ONE user message (kind "chat") or as the bare prompt of a
+    text completion (kind "completion"), greedy, cfg.max_tokens, cfg.stop."""
+    stop = list(cfg.stop) if cfg.stop else None
+    if kind == "completion":
+        return ChatRequest(prompt=prompt, temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
+    if kind != "chat":
+        raise ValueError(f"request kind must be 'chat' or 'completion', not {kind!r}")
+    messages = [{"role": "user", "content": prompt}]
+    return ChatRequest(messages=messages, temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
 
 
 def run_eval(
@@ -204,15 +232,16 @@ def run_eval(
     desc: str = "eval",
     kind: str = "chat",
 ) -> list[dict]:
-    """Ask ``llm`` every record's filled template as ONE user message (kind "chat") or as the bare prompt of a text
-    completion (kind "completion": base models have no chat template), greedy, cfg.max_tokens, cfg.stop; judge each
-    answer with both judges, and append rows to ``out_path`` after every chunk of ``cfg.chunk_size``.
+    """Ask ``llm`` every record's ``eval_request`` (kind "chat": one user message; "completion": the bare prompt,
+    for base models, which have no chat template); judge each answer with both judges, and append rows to
+    ``out_path`` after every chunk of ``cfg.chunk_size``.
 
-    Resumable: ids already in ``out_path`` are skipped (those whose request failed are asked again when
-    ``retry_errors``, and those another student answered, e.g. a retrained adapter, are asked again: rows record
-    the model with its adapter's hash, and the newer row wins). A row made with a different prompt (another
-    template) is an error: use a fresh file. A failed request (result.error set or no text) is saved with ``error``
-    and scored wrong, as upstream scores an empty completion. Returns the rows of ``records``, in their order.
+    Resumable, keyed by the request: each row keeps ``request_key``, the hash of everything that shapes the answer
+    (the model's identity, with its adapter's hash; the prompt, hence the template; chat or completion; max_tokens;
+    the stop strings; greedy decoding), and an item is asked again unless its last row has the key of the request
+    it would be sent now (and, with ``retry_errors``, no request error). So a changed setting or another student
+    re-asks, and its newer row wins. A failed request (result.error set or no text) is saved with ``error`` and
+    scored wrong, as upstream scores an empty completion. Returns the rows of ``records``, in their order.
     """
     out_path = Path(out_path)
     _repair_torn_tail(out_path)
@@ -222,33 +251,20 @@ def run_eval(
     if len(prompts) != len(records):
         dup = [k for k, v in Counter(r.id for r in records).items() if v > 1]
         raise ValueError(f"record ids must be unique; duplicated: {dup[:5]}")
-    for r in records:
-        old = done.get(r.id)
-        if old is not None and old.get("prompt") != prompts[r.id]:
-            raise DataError(
-                f"{out_path}: item {r.id!r} was evaluated with a different prompt (template {old.get('template')!r}); "
-                "use a fresh predictions file for a different template"
-            )
+    requests = {r.id: eval_request(prompts[r.id], cfg, kind) for r in records}
+    keys = {i: req.key(model) for i, req in requests.items()}
     todo = [
         r
         for r in records
-        if r.id not in done or done[r.id].get("model") != model or (retry_errors and done[r.id].get("error"))
+        if r.id not in done
+        or done[r.id].get("request_key") != keys[r.id]
+        or (retry_errors and done[r.id].get("error"))
     ]
-    stop = list(cfg.stop) if cfg.stop else None
     for start in range(0, len(todo), cfg.chunk_size):
         chunk = todo[start : start + cfg.chunk_size]
-        reqs = [
-            ChatRequest(prompt=prompts[r.id], temperature=0.0, max_tokens=cfg.max_tokens, stop=stop)
-            if kind == "completion"
-            else ChatRequest(
-                messages=[{"role": "user", "content": prompts[r.id]}],
-                temperature=0.0,
-                max_tokens=cfg.max_tokens,
-                stop=stop,
-            )
-            for r in chunk
-        ]
-        results = llm.chat_many(reqs, desc=f"{desc} {start + len(chunk)}/{len(todo)}")
+        results = llm.chat_many(
+            [requests[r.id] for r in chunk], desc=f"{desc} {start + len(chunk)}/{len(todo)}"
+        )
         rows = []
         for rec, res in zip(chunk, results, strict=True):
             text = getattr(res, "text", None)
@@ -261,10 +277,13 @@ def run_eval(
                     prompts[rec.id],
                     text if err is None else None,
                     err,
+                    getattr(res, "finish_reason", None) if err is None else None,
                     cached=bool(getattr(res, "cached", False)),
                     template=cfg.template,
                     model=model,
                     max_tokens=cfg.max_tokens,
+                    request=kind,
+                    request_key=keys[rec.id],
                 )
             )
         append_jsonl(out_path, rows)
@@ -274,12 +293,15 @@ def run_eval(
 
 
 def rejudge(rows: Iterable[dict], golds: dict[str, str] | None = None) -> list[dict]:
-    """Recompute both verdicts of saved rows from their completions (after a judge change); request errors stay wrong."""
+    """Recompute both verdicts and the degenerate-answer flags of saved rows from their completions (after a judge
+    change); request errors stay wrong."""
     out = []
     for row in rows:
         new = dict(row)
         gold = (golds or {}).get(row["id"], row["gold"])
-        new.update(judge(row.get("completion") if not row.get("error") else None, gold))
+        completion = row.get("completion") if not row.get("error") else None
+        new.update(judge(completion, gold))
+        new.update(degenerate.flags(completion, row.get("finish_reason"), row.get("error")))
         if row.get("error"):
             new["paper_correct"] = new["strict_correct"] = False
         new["gold"] = gold
@@ -314,7 +336,8 @@ def compute_metrics(
     * Fresh-GaokaoMath-2023 is scored apart (``fresh_gaokao_math_2023``), never in micro/macro, as in the paper.
 
     Rows are deduplicated by id (the last wins). Request errors and reference errors are counted (they are judged
-    wrong). ``availability_rows`` (from data.availability) adds which datasets are missing / approximate.
+    wrong); ``degenerate`` counts the answers that loop, hit max_tokens or declare no final answer, per dataset
+    (``degenerate.count_flags``). ``availability_rows`` (from data.availability) adds which datasets are missing / approximate.
     """
     rows: dict[str, dict] = {}
     for r in predictions:
@@ -382,6 +405,7 @@ def compute_metrics(
             "n_datasets": len(datasets),
             "fresh_gaokao_math_2023": {"n": len(fresh), "correct": fc, "accuracy": _pct(fc, len(fresh))},
         }
+    out["degenerate"] = degenerate.count_flags(main)
     out["datasets_evaluated"] = evaluated
     out["datasets_not_evaluated"] = [d for d in MWPBENCH_DATASETS if d not in evaluated]
     if availability_rows is not None:

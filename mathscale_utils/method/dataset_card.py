@@ -54,6 +54,57 @@ def _usage_total(run_dir: Path) -> dict:
         return {}
 
 
+def verification(rows: Sequence[dict], cfg: GenerateConfig) -> dict[str, Any]:
+    """How many generated pairs an answer check backs: {"generated", "verified" (the teacher re-solved the question
+    and agrees), "disagree" (kept with answer_check_action flag), "unverified" (never re-solved: the check is
+    off), "check"}. Seed rows are the benchmark's own and not counted."""
+    gen = [r for r in rows if r.get("source") == "generated"]
+    verified = sum(1 for r in gen if r.get("check_agrees") is True)
+    disagree = sum(1 for r in gen if r.get("check_agrees") is False)
+    return {
+        "generated": len(gen),
+        "verified": verified,
+        "disagree": disagree,
+        "unverified": len(gen) - verified - disagree,
+        "check": f"on ({cfg.answer_check_action})" if cfg.answer_check else "off",
+    }
+
+
+def verification_line(v: dict[str, Any]) -> str:
+    """One sentence for the card and notebook 03: how many pairs are verified, and how many are not."""
+    if not v["generated"]:
+        return "No generated pair was kept, so there is nothing to verify."
+    if v["check"] == "off":
+        return (
+            f"**{v['unverified']} of {v['generated']} generated pairs are unverified**: the answer check "
+            "(`generate.answer_check`: the teacher re-solves each question and must agree) did not run, so a "
+            "solution may state a wrong answer."
+        )
+    return (
+        f"{v['verified']} of {v['generated']} generated pairs are verified (the teacher re-solved the question and "
+        f"agrees); {v['disagree']} disagree and are kept flagged; {v['unverified']} unverified."
+    )
+
+
+def pairs_to_show(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
+    """``n`` generated pairs to show, verified ones first (a seeded sample within each group), so that the first
+    example a reader sees is one whose answer was checked whenever any was."""
+    gen = [r for r in rows if r.get("source") == "generated"]
+    rng = random.Random(seed)
+    groups = [[r for r in gen if r.get("check_agrees") is want] for want in (True, None, False)]
+    out: list[dict] = []
+    for g in groups:
+        out += rng.sample(g, min(n - len(out), len(g)))
+    return out
+
+
+def check_label(row: dict) -> str:
+    """A pair's verification, in words."""
+    return {True: "verified: the teacher's re-solve agrees", False: "the teacher's re-solve disagrees"}.get(
+        row.get("check_agrees"), "unverified: no answer check ran"
+    )
+
+
 def build_summary(
     asm: Assembly,
     cfg: GenerateConfig,
@@ -71,6 +122,7 @@ def build_summary(
         "first_attempt_rejections": asm.first_attempt_rejections,
         "errors": asm.errors,
         "answer_check": asm.answer_check,
+        "verification": verification(asm.rows, cfg),
         "decontamination": {
             "test_set": asm.test_set,
             "removed": len(asm.decontamination),
@@ -107,9 +159,7 @@ def dataset_card(
     asm: Assembly, summary: dict, cfg: GenerateConfig, llm_cfg: LLMConfig, seeds: Sequence[dict], seed: int
 ) -> str:
     """The dataset card as Markdown: how the data was made and what every filter removed."""
-    gen_rows = [r for r in asm.rows if r["source"] == "generated"]
-    rng = random.Random(seed)
-    examples = rng.sample(gen_rows, min(cfg.card_examples, len(gen_rows)))
+    examples = pairs_to_show(asm.rows, cfg.card_examples, seed)
     src = Counter(str(s.get("source") or "unknown") for s in seeds)
     u = summary["usage"]["stage_total"] or summary["usage"]["session"]
     out = [
@@ -143,6 +193,7 @@ def dataset_card(
             f"Answer check (teacher re-solves, action `{ac['action']}`): {ac['agree']} of {ac['checked']} agree.",
             "",
         ]
+    out += [verification_line(summary["verification"]), ""]
     ts = asm.test_set
     if ts["enabled"]:
         per = ", ".join(f"{k} {v}" for k, v in ts["per_dataset"].items()) or "none"
@@ -201,7 +252,8 @@ def dataset_card(
     ]
     for r in examples:
         out += [
-            f"**{r['id']}**: topics {', '.join(r['topics'])}; knowledge points {', '.join(r['knowledge_points'])}",
+            f"**{r['id']}** ({check_label(r)}): topics {', '.join(r['topics'])}; knowledge points "
+            f"{', '.join(r['knowledge_points'])}",
             "",
             f"> **Question.** {r['question']}".replace("\n", "\n> "),
             ">",
@@ -211,9 +263,10 @@ def dataset_card(
     out += [
         "## Caveats",
         "",
-        "Solutions are the teacher's and unvalidated (as in the paper's final pipeline): expect arithmetic slips, "
-        "especially from a small local teacher. Check the licences of the seed data and the teacher's terms of use "
-        "before sharing this set.",
+        f"Solutions are the teacher's; {summary['verification']['unverified']} of "
+        f"{summary['verification']['generated']} generated pairs were never re-solved (the paper's final pipeline "
+        "validated none): expect arithmetic slips, especially from a small local teacher. Check the licences of the "
+        "seed data and the teacher's terms of use before sharing this set.",
     ]
     return "\n".join(out) + "\n"
 
@@ -256,6 +309,10 @@ def export(
 
 
 __all__ = [
+    "verification",
+    "verification_line",
+    "pairs_to_show",
+    "check_label",
     "export",
     "export_hf",
     "build_summary",

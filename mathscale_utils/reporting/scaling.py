@@ -72,7 +72,10 @@ RUN_COLUMNS = [
     "paper_macro",
     "strict_micro",
     "strict_macro",
+    "base_paper_micro",
+    "base_strict_micro",
 ]
+BASE = "base"  # the zero-example point's run name: the untrained base student (stage 05's baseline)
 
 
 def _read(path: Path) -> dict:
@@ -126,6 +129,7 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
             row[f"{judge}_macro"] = j.get("macro")
             for dataset, d in (j.get("datasets") or {}).items():
                 row[f"{judge}:{dataset}"] = d.get("accuracy") if isinstance(d, dict) else d
+        row.update(_baseline_columns(metrics.get("baseline") or {}))
         for stage, s in (m.get("stages") or {}).items():
             row[f"wall_s_{stage}"] = s.get("wall_s")
             total = (s.get("llm") or {}).get("total") or {}
@@ -137,28 +141,59 @@ def collect_runs(outputs_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _baseline_columns(base: dict) -> dict:
+    """A run's baseline (metrics.json "baseline": the untrained base student on the same items) as columns
+    base_identity, base_items, base_<judge>_micro / _macro and base_<judge>:<dataset>."""
+    row = {"base_identity": base.get("identity"), "base_items": base.get("n_items")}
+    for judge in JUDGES:
+        j = base.get(judge) or {}
+        row[f"base_{judge}_micro"] = j.get("micro")
+        row[f"base_{judge}_macro"] = j.get("macro")
+        for dataset, d in (j.get("datasets") or {}).items():
+            row[f"base_{judge}:{dataset}"] = d.get("accuracy") if isinstance(d, dict) else d
+    return row
+
+
+def _melt(runs: pd.DataFrame, judge: str, prefix: str) -> pd.DataFrame:
+    """(run, curve, metric, accuracy) rows from the columns <prefix><judge>:<dataset> and <prefix><judge>_micro/_macro."""
+    names = {f"{prefix}{judge}_micro": "micro", f"{prefix}{judge}_macro": "macro"}
+    names.update({c: c.split(":", 1)[1] for c in runs.columns if c.startswith(f"{prefix}{judge}:")})
+    cols = [c for c in runs.columns if c in names]
+    ids = [c for c in ("run", "curve", X) if c in runs]
+    long = runs.melt(id_vars=ids, value_vars=cols, var_name="metric", value_name="accuracy")
+    long["metric"] = long["metric"].map(names)
+    return long.dropna(subset=["accuracy"])
+
+
 def scaling_frame(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
     """Long table for curves: one row per (run, metric) with its curve and its number of training examples (what
-    the student trained on: generated pairs plus seed rows, as the paper's sizes count them)."""
+    the student trained on: generated pairs plus seed rows, as the paper's sizes count them). Each curve starts at
+    0 examples with its runs' baseline (the untrained base student on the same items; run "base", averaged over the
+    curve's runs should they hold different ones)."""
     if runs.empty:
         return pd.DataFrame(columns=["run", "examples", "metric", "accuracy"])
-    cols = [c for c in runs.columns if c.startswith(f"{judge}:") or c in (f"{judge}_micro", f"{judge}_macro")]
-    ids = ["run", "curve", X] if "curve" in runs else ["run", X]
-    long = runs.melt(id_vars=ids, value_vars=cols, var_name="metric", value_name="accuracy")
-    long["metric"] = (
-        long["metric"].str.replace(f"{judge}:", "", regex=False).str.replace(f"{judge}_", "", regex=False)
-    )
-    return long.dropna(subset=["accuracy", X]).rename(columns={X: "examples"})
+    long = _melt(runs, judge, "").dropna(subset=[X])
+    if f"base_{judge}_micro" in runs:
+        base = _melt(runs, judge, "base_")
+        keys = ["curve", "metric"] if "curve" in base else ["metric"]
+        base = base.groupby(keys, as_index=False, sort=False)["accuracy"].mean().assign(run=BASE, **{X: 0})
+        long = pd.concat([base, long], ignore_index=True) if not base.empty else long
+    return long.rename(columns={X: "examples"})
 
 
 def micro_interval(runs: pd.DataFrame, judge: str = "paper", z: float = 1.96) -> pd.DataFrame:
     """Per size, the micro accuracy's normal-approximation interval over the evaluated items (percent): with a few
-    dozen items it spans tens of points, which is what a CPU-sized curve must be read against."""
+    dozen items it spans tens of points, which is what a CPU-sized curve must be read against. Size 0 is the base
+    student (its items counted once: every run of a curve asks it the same items)."""
     cols = ["examples", "micro", "n", "low", "high"]
     if runs.empty or f"{judge}_micro" not in runs or "eval_items" not in runs:
         return pd.DataFrame(columns=cols)
     d = runs.dropna(subset=[f"{judge}_micro", X, "eval_items"])
     d = d.groupby(X, as_index=False).agg(micro=(f"{judge}_micro", "mean"), n=("eval_items", "sum"))
+    if f"base_{judge}_micro" in runs and runs[f"base_{judge}_micro"].notna().any():  # the zero-example point
+        b = runs.dropna(subset=[f"base_{judge}_micro", "base_items"])
+        zero = {X: 0, "micro": b[f"base_{judge}_micro"].mean(), "n": b["base_items"].max()}
+        d = pd.concat([pd.DataFrame([zero]), d], ignore_index=True)
     half = z * (d["micro"] * (100 - d["micro"]) / d["n"].clip(lower=1)) ** 0.5
     d["low"], d["high"] = (d["micro"] - half).clip(lower=0), (d["micro"] + half).clip(upper=100)
     return d.rename(columns={X: "examples"}).sort_values("examples")[cols]
@@ -179,12 +214,15 @@ def curve_runs(runs: pd.DataFrame, judge: str = "paper") -> pd.DataFrame:
 def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points: bool = True):
     """Accuracy against training examples (log x); paper points as stars. One curve (sweep or lone run): a thin line
     per dataset, thick micro/macro and the micro's 95% band. Several: micro and macro per curve, so different sweeps
-    or students are never averaged together."""
+    or students are never averaged together. Each curve starts at its base student (0 examples, no training), which
+    the log axis draws at x = 1, labelled "0 (base)"."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 5))
     groups = list(runs.groupby("curve", sort=False)) if "curve" in runs and not runs.empty else []
+    has_base = False
     for i, (name, g_runs) in enumerate(groups):
         long = scaling_frame(g_runs, judge)
         for metric, g in long.groupby("metric"):
@@ -206,6 +244,12 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
                     "linestyle": "-" if metric == "macro" else ":",
                 }
             ax.plot(g["examples"].clip(lower=1), g["accuracy"], marker="o", label=label, **style)
+            zero = g[g["examples"] == 0]
+            if not zero.empty and metric in ("micro", "macro"):
+                has_base = True
+                ax.scatter(
+                    [1] * len(zero), zero["accuracy"], marker="s", s=70, color=style.get("color"), zorder=4
+                )
     band = micro_interval(runs, judge) if len(groups) == 1 else pd.DataFrame()
     if not band.empty:
         ax.fill_between(
@@ -221,7 +265,13 @@ def plot_scaling(runs: pd.DataFrame, judge: str = "paper", ax=None, paper_points
             ax.scatter([p["examples"]], [p["macro"]], marker="*", s=160, color="tab:red", zorder=5)
         ax.scatter([], [], marker="*", s=160, color="tab:red", label="paper macro (LLaMA-2 7B)")
     ax.set_xscale("log")
-    ax.set_xlabel("training examples: generated pairs + seed rows (log scale)")
+    xlabel = "training examples: generated pairs + seed rows (log scale)"
+    if has_base:
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: "0 (base)" if x == 1 else f"{x:,.0f}"))
+        ax.scatter([], [], marker="s", s=70, color="dimgray", label="base student, untrained (0 examples)")
+        xlabel += "; the untrained base student at 0"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"accuracy, % ({judge} judge)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)

@@ -21,10 +21,11 @@ import pandas as pd
 
 from mathscale_utils.core.artifacts import stage
 from mathscale_utils.core.io import DataError, read_json, read_jsonl, write_json, write_jsonl
+from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params, resolve_path
 from mathscale_utils.data.benchmarks import availability, read_fresh_gaokao
 from mathscale_utils.data.seeds import load_seeds
-from mathscale_utils.evaluation import answer_review, mwpbench, paper_tables
+from mathscale_utils.evaluation import answer_review, baseline, mwpbench, paper_tables
 from mathscale_utils.inference.llm import LLM
 from mathscale_utils.method import compose, concepts, dataset_card, filters
 from mathscale_utils.method import generate as gen
@@ -32,6 +33,7 @@ from mathscale_utils.method import graph as cg
 from mathscale_utils.reporting import dataset_stats, views
 from mathscale_utils.reporting import scaling as sc
 from mathscale_utils.training import finetune as ft
+from mathscale_utils.training import served
 from mathscale_utils.training.serve import (
     can_convert,
     compare,
@@ -89,6 +91,11 @@ def _save(fig: Any, path) -> None:
     plt.close(fig)
 
 
+def _official(P: Params):
+    """The official MWPBench full_test.json (params mwpbench_test_file), for decontamination and evaluation alike."""
+    return resolve_path(P.mwpbench_test_file) if P.mwpbench_test_file else None
+
+
 def extract(P: Params, log: Log = print) -> dict:
     """01 (§3.1): the teacher names the topics and knowledge points of every seed question; concepts seen in fewer
     than extract.min_count seeds are dropped. Also extracts a sample of test questions, for stage 06's coverage."""
@@ -126,7 +133,7 @@ def _coverage_sample(P: Params, log: Log) -> list:
     if not P.extract.coverage_sample:
         return []
     try:
-        records, _ = mwpbench.select_records(P.evaluate, P.data_dir, P.seed)
+        records, _ = mwpbench.select_records(P.evaluate, P.data_dir, P.seed, _official(P))
     except (DataError, OSError, ValueError) as e:
         log(f"coverage sample skipped: {e}")
         return []
@@ -182,7 +189,7 @@ def generate(P: Params, log: Log = print) -> dict:
     errors += [c["error"] for c in (checks or {}).values()]
     counts = requests_counts(errors + ["budget exceeded" if out_of_budget else None] * unreached)
     items, notes = (
-        filters.load_test_questions(P.data_dir, cfg.decontam_official_file, cfg.decontam_datasets)
+        filters.load_test_questions(P.data_dir, _official(P), cfg.decontam_datasets)
         if cfg.decontaminate
         else ([], [])
     )
@@ -234,24 +241,48 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
     return card
 
 
+def _answers(
+    P: Params, llm_cfg: LLMConfig, label: str, records: list, path, kind: str
+) -> tuple[list, dict, str]:
+    """Ask one model every item (mwpbench.run_eval, resumable): its rows, its session's usage and its identity."""
+    with LLM.for_stage(P, label, llm_cfg) as llm:
+        rows = mwpbench.run_eval(records, llm, P.evaluate, path, kind=kind, desc=label)
+        return rows, llm.usage(), llm.model_id
+
+
 def evaluate(P: Params, log: Log = print) -> dict:
-    """05 (§2, §4.2): the student answers MWPBench; the paper's judge and the strict judge score each answer."""
+    """05 (§2, §4.2): the student answers MWPBench; the paper's judge and the strict judge score each answer. The
+    untrained base student answers the same items with the same prompt (metrics.json: baseline), and every answer
+    is flagged when it loops, hits max_tokens or declares no final answer. A server you run (serve: off) is checked
+    to serve the student before anything is asked (training/served.py)."""
     cfg, run = P.evaluate, P.run
-    official = resolve_path(cfg.official_test_file) if cfg.official_test_file else None
+    official = _official(P)
     avail = availability(
         "test", P.data_dir, official, include_fresh=True, extra_keywords=cfg.mc_extra_keywords
     )
-    records, warnings = mwpbench.select_records(cfg, P.data_dir, P.seed)
+    records, warnings = mwpbench.select_records(cfg, P.data_dir, P.seed, official)
     for w in warnings:
         log(f"warning: {w}")
     student = student_id(P) if cfg.use_adapter else None  # the trained student behind the answers, if any
-    kind = request_kind(P, student is not None)
-    with serving(P) as (llm_cfg, why), LLM.for_stage(P, stage("05").label, llm_cfg) as llm:
-        log(f"model: {llm.model_id} ({why}; {kind} requests)")
-        rows = mwpbench.run_eval(records, llm, cfg, run.predictions, kind=kind)
-        usage = llm.usage()
+    kind, mode = request_kind(P, student is not None), served.serve_mode(P, student)
+    label, base_label = stage("05").label, f"{stage('05').label}_baseline"
+    base: tuple | None = None
+    with serving(P) as (llm_cfg, why):
+        check = (
+            served.check_served(P, llm_cfg, student)
+            if mode == "off"
+            else {"verified": True, "how": f"started by this stage ({mode})"}
+        )
+        log(f"model: {llm_cfg.identity or llm_cfg.model} ({why}; {kind} requests; {check['how']})")
+        rows, usage, identity = _answers(P, llm_cfg, label, records, run.predictions, kind)
+        if cfg.baseline and student and (base_cfg := served.base_on_server(P, llm_cfg, mode)):
+            base = _answers(P, base_cfg, base_label, records, run.baseline_predictions, kind)
+    if cfg.baseline and student and base is None:
+        with served.base_server(P, mode) as base_cfg:
+            base = _answers(P, base_cfg, base_label, records, run.baseline_predictions, kind)
     metrics = mwpbench.compute_metrics(rows, availability_rows=avail)
-    counts = requests_counts(r["error"] for r in rows)
+    base_rows = base[0] if base else []
+    counts = requests_counts(r["error"] for r in rows + base_rows)
     _save(
         paper_tables.plot_comparison(paper_tables.comparison_frame(metrics, models=COMPARED_MODELS).iloc[:4]),
         run.accuracy_png,
@@ -262,6 +293,13 @@ def evaluate(P: Params, log: Log = print) -> dict:
         fresh = []
     answer_review.write_fresh_gaokao_check(rows, run.fresh_gaokao_check, records=fresh)
     adapter = llm_cfg.lora_path or (str(run.adapter) if student else None)
+    if base:
+        diff = baseline.compare(rows, base_rows, metrics["datasets_evaluated"])
+        base_block = baseline.baseline_block(base[2], mwpbench.compute_metrics(base_rows), diff, llm=base[1])
+        note = f"the untrained {P.finetune.base_model} on the same items ({base[2]})"
+    else:
+        base_block = None
+        note = "no trained student to compare" if not student else "evaluate.baseline is false"
     out = mwpbench.write_metrics(
         run,
         metrics,
@@ -272,13 +310,25 @@ def evaluate(P: Params, log: Log = print) -> dict:
         warnings,
         usage,
         requests=counts,
-        identity=llm_cfg.identity,
+        identity=identity,
+        served=check,
+        baseline=base_block,
+        baseline_note=note,
     )
+    flags = metrics["degenerate"]
     log(
         f"{metrics['n_items']} items: paper judge micro {metrics['paper']['micro']}, strict micro "
-        f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests)"
+        f"{metrics['strict']['micro']} ({metrics['n_errors']} failed requests); degenerate answers: "
+        f"{flags['loop']} loops, {flags['length']} at max_tokens, {flags['no_answer']} without a final answer"
     )
-    check_requests(P, "05", counts, next((r["error"] for r in rows if r["error"]), None), log)
+    if base_block:
+        d = base_block["difference"]["paper"]["micro"]
+        log(
+            f"baseline {base[2]}: paper judge micro {base_block['paper']['micro']}; fine-tuned - base "
+            f"{d['difference']} points ({int(baseline.LEVEL * 100)}% paired interval {d['low']} to {d['high']})"
+        )
+    first_error = next((r["error"] for r in rows + base_rows if r["error"]), None)
+    check_requests(P, "05", counts, first_error, log)
     return out
 
 
