@@ -200,7 +200,7 @@ def prediction_row(
         "completion": completion or "",
         "gold": rec.answer,
     }
-    row.update(judge(completion, rec.answer))
+    row.update(judge(completion, rec.answer, question=rec.question))  # the strict judge reads what was asked
     if error is not None:
         row["paper_correct"] = row["strict_correct"] = False
     row["error"] = error
@@ -300,7 +300,7 @@ def rejudge(rows: Iterable[dict], golds: dict[str, str] | None = None) -> list[d
         new = dict(row)
         gold = (golds or {}).get(row["id"], row["gold"])
         completion = row.get("completion") if not row.get("error") else None
-        new.update(judge(completion, gold))
+        new.update(judge(completion, gold, question=row.get("question")))
         new.update(degenerate.flags(completion, row.get("finish_reason"), row.get("error")))
         if row.get("error"):
             new["paper_correct"] = new["strict_correct"] = False

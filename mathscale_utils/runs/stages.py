@@ -39,6 +39,7 @@ from mathscale_utils.training.serve import (
     compare,
     convert_adapter_to_gguf,
     request_kind,
+    serve_mode,
     serving,
     student_id,
 )
@@ -264,7 +265,7 @@ def evaluate(P: Params, log: Log = print) -> dict:
     for w in warnings:
         log(f"warning: {w}")
     student = student_id(P) if cfg.use_adapter else None  # the trained student behind the answers, if any
-    kind, mode = request_kind(P, student is not None), served.serve_mode(P, student)
+    kind, mode = request_kind(P, student is not None), serve_mode(P, student)
     label, base_label = stage("05").label, f"{stage('05').label}_baseline"
     base: tuple | None = None
     with serving(P) as (llm_cfg, why):

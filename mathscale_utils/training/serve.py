@@ -183,6 +183,25 @@ def request_kind(P: Params, student: bool) -> str:
     return "completion" if student and P.finetune.prompt_format == "alpaca" else "chat"
 
 
+def serve_mode(P: Params, sid: str | None) -> str:
+    """Who serves the student in stage 05: evaluate.serve, with "auto" resolved to llama_cpp when stage 04 planned
+    llama.cpp for it and wrote adapter.gguf (and no evaluate.model names a server of yours), else to off."""
+    ev = P.evaluate
+    if ev.serve != "auto":
+        return ev.serve
+    as_trained = bool(sid) and trained_serving(P).get("engine") == "llama_cpp"
+    return "llama_cpp" if as_trained and not ev.model and P.run.adapter_gguf.exists() else "off"
+
+
+def vllm_base_args(P: Params) -> list[str]:
+    """`vllm serve` arguments for the untrained base as the student's base is served: 4-bit NF4 for a QLoRA
+    student, training's dtype."""
+    plan = trained_serving(P)
+    quant = ["--quantization", plan["quantization"]] if plan.get("quantization") else []
+    dtype = ["--dtype", plan["dtype"]] if plan.get("dtype") else []
+    return [base_path(P.finetune.base_model), *quant, *dtype]
+
+
 @contextmanager
 def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
     """The model stage 05 asks, as an llm section, and a line saying why; a student server this starts (llama.cpp's
@@ -197,10 +216,7 @@ def serving(P: Params) -> Iterator[tuple[LLMConfig, str]]:
     ev, run = P.evaluate, P.run
     sid = student_id(P) if ev.use_adapter else None
     plan = trained_serving(P) if sid else {}
-    mode = ev.serve
-    if mode == "auto":
-        as_trained = plan.get("engine") == "llama_cpp"
-        mode = "llama_cpp" if sid and not ev.model and as_trained and run.adapter_gguf.exists() else "off"
+    mode = serve_mode(P, sid)
     plain = {"lora_path": None, "backend": "chat", "identity": None}
     if mode == "off":
         if ev.model:
@@ -260,9 +276,8 @@ def vllm_args(P: Params) -> list[str]:
     dtype = ["--dtype", plan["dtype"]] if plan.get("dtype") else []
     if not (run.adapter / "adapter_config.json").exists():
         return [str(run.adapter), "--served-model-name", "student", *dtype]
-    quant = ["--quantization", plan["quantization"]] if plan.get("quantization") else []
     lora = ["--enable-lora", "--max-lora-rank", str(ft.lora_r), "--lora-modules", f"student={run.adapter}"]
-    return [base_path(ft.base_model), *quant, *dtype, *lora]
+    return [*vllm_base_args(P), *lora]
 
 
 def _student_server(P: Params, mode: str):

@@ -27,8 +27,7 @@ from urllib.parse import urlparse
 
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.params import Params, resolve_path
-from mathscale_utils.inference.weights import base_path
-from mathscale_utils.training.serve import CommandServer
+from mathscale_utils.training.serve import CommandServer, trained_serving, vllm_base_args
 
 _TIMEOUT_S = 10.0
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -199,17 +198,11 @@ def check_served(P: Params, cfg: LLMConfig, student: str | None) -> dict[str, An
 # ---- the base student --------------------------------------------------------------------------------------------
 
 
-def serve_mode(P: Params, student: str | None) -> str:
-    """Who serves the student in stage 05 (evaluate.serve with "auto" resolved, as serve.serving resolves it)."""
-    ev = P.evaluate
-    if ev.serve != "auto":
-        return ev.serve
-    return "llama_cpp" if student and not ev.model and P.run.adapter_gguf.exists() else "off"
-
-
 def base_identity(P: Params, where: str) -> str:
-    """The base student's identity for cache keys and prediction rows: its name and how it is served."""
-    return f"{P.finetune.base_model}@{where}"
+    """The base student's identity for cache keys and prediction rows: its name and how it is served (a QLoRA
+    student's base is served in 4 bits, as it was trained)."""
+    quant = trained_serving(P).get("quantization") if where == "vllm" else None
+    return f"{P.finetune.base_model}@{where}" + (f"+{quant}" if quant else "")
 
 
 def base_on_server(P: Params, student_cfg: LLMConfig, mode: str) -> LLMConfig | None:
@@ -257,7 +250,7 @@ def base_server(P: Params, mode: str) -> Iterator[LLMConfig]:
             "evaluate.baseline_model and evaluate.base_url, or evaluate.baseline: false)"
         )
     server = CommandServer(
-        [*ev.vllm_command, base_path(ft.base_model)], run.root / "base_server.log", ev.server_startup_s
+        [*ev.vllm_command, *vllm_base_args(P)], run.root / "base_server.log", ev.server_startup_s
     )
     try:
         server.start()
