@@ -82,6 +82,7 @@ def test_paper_full_ft_runs_04_then_05_and_a_rerun_passes(tmp_path, monkeypatch)
     params = tmp_path / "paper_full_ft.yaml"
     params.write_text(yaml.safe_dump(d, sort_keys=False))
     monkeypatch.setenv("VLLM_SHIM_ARGS", str(tmp_path / "argv.json"))
+    monkeypatch.setenv("VLLM_SHIM_LOG", str(tmp_path / "servers.jsonl"))
     if not os.environ.get("MATHSCALE_DATA_DIR"):
         pytest.skip("MATHSCALE_DATA_DIR (MWPBench) not set")
 
@@ -90,9 +91,10 @@ def test_paper_full_ft_runs_04_then_05_and_a_rerun_passes(tmp_path, monkeypatch)
     assert first["status"] == "ok" and [first["stages"][s]["status"] for s in ("04", "05")] == ["ok", "ok"]
     card = read_json(run.training_card)
     assert (card["method"], card["steps"], card["serving"]["dtype"]) == ("full", 2, "float32")
-    argv = json.loads((tmp_path / "argv.json").read_text())
-    assert argv[:3] == [str(run.adapter), "--served-model-name", "student"]
-    assert argv[argv.index("--dtype") + 1] == "float32"
+    student, base = map(json.loads, (tmp_path / "servers.jsonl").read_text().splitlines())  # the fine-tuned student, then the baseline
+    assert student[:3] == [str(run.adapter), "--served-model-name", "student"]
+    assert student[student.index("--dtype") + 1] == "float32"
+    assert base[0] == d["finetune"]["base_model"] and base[base.index("--dtype") + 1] == "float32"
     metrics = read_json(run.metrics)
     assert metrics["n_items"] == 2 and metrics["n_errors"] == 0 and "+full:" in metrics["identity"]
 
