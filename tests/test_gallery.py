@@ -100,10 +100,7 @@ def test_gallery_pages_views_and_shared_assets(run_dir, tmp_path):
     ]
     assert not (out / "assets" / "stale.js").exists()
     page = (out / "02_concept_graph.html").read_text(encoding="utf-8")
-    assert (
-        "srcdoc" not in page
-        and page.count('<iframe src="views/02_concept_graph-') == 3
-    )
+    assert "srcdoc" not in page and page.count('<iframe src="views/02_concept_graph-') == 3
     assert "<table>explored</table>" in page and "widget-state" not in page  # the widget as it was saved
     # vis-network (in both pyvis views), sigma and graphology and JupyterLab's CSS are each stored once
     shared = [p for p in (out / "assets").iterdir()]

@@ -149,7 +149,9 @@ def _static_outputs(state: dict, model_id: str) -> list[dict]:
 def _valid(output: dict) -> dict:
     """An output kept in an Output widget's state as a valid notebook output (a display needs its metadata)."""
     if output.get("output_type") in ("display_data", "execute_result"):
-        return nbformat.v4.new_output("display_data", output.get("data", {}), metadata=output.get("metadata", {}))
+        return nbformat.v4.new_output(
+            "display_data", output.get("data", {}), metadata=output.get("metadata", {})
+        )
     return output
 
 
