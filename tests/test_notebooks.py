@@ -1,7 +1,10 @@
 """The committed notebooks are the readable story of the method: clean, parameterised, and each opens with its idea."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -138,3 +141,49 @@ def test_notebooks_02_and_03_run_the_method_on_toy_examples():
         assert call in text["02"], call
     for call in ("gen.FewShotIndex(", ".nearest(toy_kps", "filters.Decontaminator("):
         assert call in text["03"], call
+
+
+_AVX512_BF16 = """
+import importlib.abc, importlib.util, sys
+
+class AsOnAnAvx512Bf16Cpu(importlib.abc.MetaPathFinder):
+    # bitsandbytes asks the hub for its optional CPU kernel only where the CPU has AVX512-BF16: pretend it has
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, AsOnAnAvx512Bf16Cpu())
+if sys.argv[1] == "finetune":
+    import mathscale_utils.training.finetune
+import bitsandbytes
+print("bitsandbytes", bitsandbytes.__version__)
+"""
+
+
+def test_bitsandbytes_hub_noise_is_silenced_in_stage_04(tmp_path):
+    """Notebook 04 printed "Failed to load CPU gemm_4bit_forward from kernels-community ... offline mode": the
+    training module filters exactly that (bitsandbytes then uses its own kernel), and nothing else."""
+    pytest.importorskip("bitsandbytes")
+    script = tmp_path / "bnb.py"
+    script.write_text(_AVX512_BF16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    runs = {
+        how: subprocess.run(
+            [sys.executable, str(script), how], capture_output=True, text=True, env=env, timeout=600
+        )
+        for how in ("bare", "finetune")
+    }
+    assert all(r.returncode == 0 and "bitsandbytes" in r.stdout for r in runs.values()), runs
+    assert "Failed to load CPU gemm_4bit_forward" in runs["bare"].stderr  # the noise, reproduced
+    assert (
+        "gemm_4bit_forward" not in runs["finetune"].stderr
+        and "publisher trust" not in runs["finetune"].stderr
+    )

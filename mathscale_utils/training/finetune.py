@@ -27,6 +27,7 @@ tokenizer; + training_card.md/json) and adapter/adapter.gguf (LoRA GGUF for `lla
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # peft/transformers otherwise try the hub
@@ -60,6 +61,21 @@ from mathscale_utils.training.examples import (
     train_file,
 )
 from mathscale_utils.training.launch import LAUNCH_FILES, launch
+
+
+class _OptionalHubKernel(logging.Filter):
+    """On a CPU with AVX512-BF16, importing bitsandbytes (peft does) asks the hub for an optional fused kernel; offline
+    it logs two warnings and uses its own kernel, which works: nothing a user can or should do about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith(
+            ("Failed to load CPU gemm_4bit_forward from kernels-community", "Skipping publisher")
+        )
+
+
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_OptionalHubKernel())
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
