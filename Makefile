@@ -59,8 +59,8 @@ format: setup
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-lab: setup
-	$(BIN)/jupyter lab notebooks/
+lab: setup   # from the repository root, so notebooks/ and the executed copies in outputs/<run>/notebooks/ both open
+	$(BIN)/jupyter lab
 
 clean:
 	rm -rf outputs/*/

@@ -39,10 +39,15 @@ def jupyter_dirs(tmp_path_factory) -> dict[str, str]:
     dirs = {name: base / name for name in ("data", "config", "runtime")}
     for d in dirs.values():
         d.mkdir()
-    settings = dirs["config"] / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    # no "would you like news?" toast over the notebook (and no request for news)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    settings = dirs["config"] / "lab" / "user-settings" / "@jupyterlab"
+    for plugin, values in {
+        # no "would you like news?" toast over the notebook (and no request for news)
+        "apputils-extension/notification": {"fetchNews": "false"},
+        # every cell on the page at once (Lab's default attaches a cell's outputs as it scrolls into view)
+        "notebook-extension/tracker": {"windowingMode": "none"},
+    }.items():
+        (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
+        (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
     return {f"JUPYTER_{name.upper()}_DIR": str(d) for name, d in dirs.items()}
 
 
@@ -88,6 +93,7 @@ def lab(smoke_run, jupyter_dirs, tmp_path_factory):
         f"--ServerApp.root_dir={smoke_run}",
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        *(["--allow-root"] if os.geteuid() == 0 else []),  # CI containers run as root
     ]
     env = {**os.environ, **jupyter_dirs}
     with open(log, "w") as out:
