@@ -187,3 +187,24 @@ def test_bitsandbytes_hub_noise_is_silenced_in_stage_04(tmp_path):
         "gemm_4bit_forward" not in runs["finetune"].stderr
         and "publisher trust" not in runs["finetune"].stderr
     )
+
+
+def test_a_signature_store_that_cannot_be_written_costs_the_trust_not_the_stage(
+    tmp_path, monkeypatch, capsys
+):
+    from mathscale_utils.runs.chain import finish_notebook
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(blocked / "jupyter"))
+    path = tmp_path / "01.ipynb"
+    nbformat.write(_widget_notebook(), path)
+    finish_notebook(path)
+    assert "run `jupyter trust" in capsys.readouterr().err
+    assert (
+        nbformat.read(path, as_version=4)
+        .cells[0]
+        .outputs[0]
+        .data["text/plain"]
+        .startswith("extract concepts: 100%")
+    )

@@ -170,13 +170,23 @@ def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -
 
 def finish_notebook(path: Path) -> None:
     """What the chain does to a notebook papermill has written (failed ones too): each progress bar becomes its final
-    line (``widget_state.final_progress_lines``), then the notebook is trusted (:func:`trust_notebook`)."""
+    line (``widget_state.final_progress_lines``), then the notebook is trusted (:func:`trust_notebook`). A signature
+    store that cannot be written (a read-only home) costs the trust, not the stage: the message says what to run."""
+    import sqlite3
+
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     if final_progress_lines(nb):
         nbformat.write(nb, path)
-    trust_notebook(path)
+    try:
+        trust_notebook(path)
+    except (OSError, sqlite3.Error) as e:
+        print(
+            f"[chain] could not sign {path} ({e}); run `jupyter trust {path}` to see its views in JupyterLab",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def trust_notebook(path: Path) -> None:
