@@ -3,6 +3,7 @@ made (from Chrome's performance log), and an offline mode in which nothing can l
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -45,7 +46,9 @@ def start_chromium(offline: bool = False, size: tuple[int, int] = (1280, 900), p
         raise RuntimeError("headless Chromium not installed (apt-get install chromium chromium-driver)")
     opts = Options()
     opts.binary_location = found[0]
-    profile = profile or Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+    if profile is None:
+        profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+        atexit.register(shutil.rmtree, profile, True)
     for arg in (*FLAGS, f"--window-size={size[0]},{size[1]}", f"--user-data-dir={profile}"):
         opts.add_argument(arg)
     opts.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
