@@ -303,3 +303,29 @@ def test_whole_graph_page_draws_offline_with_webgl(offline_chromium, tmp_path, r
     assert status == "offline"
     left = [u for u in requested_urls(drv) if not u.startswith(("file:", "data:", "blob:", "chrome:"))]
     assert left == ["http://example.com/"], left
+
+
+@pytest.mark.browser
+def test_whole_graph_page_waits_for_a_frame_with_a_size(offline_chromium, tmp_path, graph):
+    """In a notebook the page may load in a frame that is not laid out yet (JupyterLab renders outputs before
+    attaching them): it draws once the frame has a size, instead of failing on an empty container."""
+    drv = offline_chromium
+    page = whole_graph_view(graph, tmp_path / "whole.html")
+    frame = show_html(page, height=600).data.replace("height:600px", "height:0px")
+    (tmp_path / "host.html").write_text(f"<!DOCTYPE html><html><body>{frame}</body></html>", encoding="utf-8")
+    drv.get((tmp_path / "host.html").as_uri())
+    iframe = drv.find_element("css selector", "iframe")
+    time.sleep(1.0)
+    drv.switch_to.frame(iframe)
+    assert drv.execute_script("return [window.msRendered, window.msError]") == [
+        None,
+        None,
+    ]  # waiting, not failed
+    drv.switch_to.default_content()
+    drv.execute_script("arguments[0].style.height = '600px';", iframe)
+    drv.switch_to.frame(iframe)
+    wait_for(drv, "return window.msRendered", timeout=60, what="the first sigma frame after the resize")
+    assert drv.execute_script("return [msRenderer.getGraph().order, window.msError]") == [
+        graph.number_of_nodes(),
+        None,
+    ]

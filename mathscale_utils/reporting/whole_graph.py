@@ -135,38 +135,17 @@ _APP_JS = """
     g.addUndirectedEdge(String(e[0]), String(e[1]), { count: e[2], size: e[3], color: "#cfcfcf" });
   });
   T.graph = performance.now();
-  var focus = null, near = null, show = [true, true];
+  window.msGraph = g;
+  var box = document.getElementById("ms-graph"), info = document.getElementById("ms-info");
+  var renderer = null, focus = null, near = null, selected = null, show = [true, true];
+
   function setFocus(node) {
     focus = node;
     near = node === null ? null : new Set(g.neighbors(node).concat([node]));
     renderer.refresh({ skipIndexation: true });
   }
-  var box = document.getElementById("ms-graph");
-  box.style.top = document.getElementById("ms-bar").offsetHeight + "px";
-  var renderer = new Sigma(g, box, {
-    hideEdgesOnMove: true, labelRenderedSizeThreshold: 7, labelDensity: 0.08, zIndex: true,
-    nodeReducer: function (node, data) {
-      var out = Object.assign({}, data);
-      if (!show[data.kind]) { out.hidden = true; return out; }
-      if (near !== null) {
-        if (near.has(node)) { out.forceLabel = true; out.zIndex = 1; }
-        else { out.color = "#e8e8e8"; out.label = ""; out.zIndex = 0; }
-      }
-      return out;
-    },
-    edgeReducer: function (edge, data) {
-      var out = Object.assign({}, data), ends = g.extremities(edge);
-      if (!show[g.getNodeAttribute(ends[0], "kind")] || !show[g.getNodeAttribute(ends[1], "kind")]) out.hidden = true;
-      else if (focus !== null) {
-        if (ends[0] === focus || ends[1] === focus) { out.color = "#777"; out.zIndex = 1; } else out.hidden = true;
-      }
-      return out;
-    }
-  });
-  T.sigma = performance.now();
-  var info = document.getElementById("ms-info");
   function el(tag, text) { var e = document.createElement(tag); e.textContent = text; return e; }
-  function showInfo(node) {
+  function showInfo(node) {  // text only: labels come from an LLM
     var a = g.getNodeAttributes(node);
     info.replaceChildren(el("b", a.label),
       el("div", KIND[a.kind] + ", in " + a.freq + " seed question" + (a.freq === 1 ? "" : "s")));
@@ -182,7 +161,6 @@ _APP_JS = """
     info.appendChild(ol);
     info.style.display = "block";
   }
-  var selected = null;
   function select(node) {
     selected = node;
     setFocus(node);
@@ -194,10 +172,40 @@ _APP_JS = """
     var ratio = Math.min(1, Math.max(0.08, 1.3 * Math.max(x1 - x0, y1 - y0)));
     renderer.getCamera().animate({ x: (x0 + x1) / 2, y: (y0 + y1) / 2, ratio: ratio }, { duration: 400 });
   }
-  renderer.on("enterNode", function (e) { if (selected === null) setFocus(e.node); });
-  renderer.on("leaveNode", function () { if (selected === null) setFocus(null); });
-  renderer.on("clickNode", function (e) { select(e.node); });
-  renderer.on("clickStage", function () { selected = null; info.style.display = "none"; setFocus(null); });
+
+  function start() {
+    renderer = new Sigma(g, box, {
+      hideEdgesOnMove: true, labelRenderedSizeThreshold: 7, labelDensity: 0.08, zIndex: true,
+      nodeReducer: function (node, data) {
+        var out = Object.assign({}, data);
+        if (!show[data.kind]) { out.hidden = true; return out; }
+        if (near !== null) {
+          if (near.has(node)) { out.forceLabel = true; out.zIndex = 1; }
+          else { out.color = "#e8e8e8"; out.label = ""; out.zIndex = 0; }
+        }
+        return out;
+      },
+      edgeReducer: function (edge, data) {
+        var out = Object.assign({}, data), ends = g.extremities(edge);
+        if (!show[g.getNodeAttribute(ends[0], "kind")] || !show[g.getNodeAttribute(ends[1], "kind")]) out.hidden = true;
+        else if (focus !== null) {
+          if (ends[0] === focus || ends[1] === focus) { out.color = "#777"; out.zIndex = 1; } else out.hidden = true;
+        }
+        return out;
+      }
+    });
+    T.sigma = performance.now();
+    window.msRenderer = renderer;
+    renderer.once("afterRender", function () { window.msRendered = performance.now(); });
+    requestAnimationFrame(function () { requestAnimationFrame(function () {
+      if (window.msRendered === undefined) window.msRendered = performance.now();
+    }); });
+    renderer.on("enterNode", function (e) { if (selected === null) setFocus(e.node); });
+    renderer.on("leaveNode", function () { if (selected === null) setFocus(null); });
+    renderer.on("clickNode", function (e) { select(e.node); });
+    renderer.on("clickStage", function () { selected = null; info.style.display = "none"; setFocus(null); });
+  }
+
   // search: the datalist holds only the labels that match what was typed (thousands of options would slow the page)
   var keys = [], byKey = new Map(), list = document.getElementById("ms-labels"), search = document.getElementById("ms-search");
   g.forEachNode(function (node, a) {
@@ -207,26 +215,33 @@ _APP_JS = """
   });
   search.addEventListener("input", function () {
     var q = search.value.toLowerCase(), hits = [];
-    if (byKey.has(search.value)) { select(byKey.get(search.value)); return; }
+    if (renderer !== null && byKey.has(search.value)) { select(byKey.get(search.value)); return; }
     for (var i = 0; i < keys.length && hits.length < 30 && q.length > 1; i++) {
       if (keys[i].toLowerCase().indexOf(q) >= 0) hits.push(keys[i]);
     }
     list.replaceChildren.apply(list, hits.map(function (k) { var o = document.createElement("option"); o.value = k; return o; }));
   });
-  search.addEventListener("change", function () { if (byKey.has(search.value)) select(byKey.get(search.value)); });
   [0, 1].forEach(function (k) {
     document.getElementById("ms-show" + k).addEventListener("change", function (ev) {
-      show[k] = ev.target.checked; renderer.refresh({ skipIndexation: true });
+      show[k] = ev.target.checked;
+      if (renderer !== null) renderer.refresh({ skipIndexation: true });
     });
   });
   T.search = performance.now();
-  window.msGraph = g;
-  window.msRenderer = renderer;
-  renderer.once("beforeRender", function () { T.beforeRender = performance.now(); });
-  renderer.once("afterRender", function () { window.msRendered = performance.now(); });
-  requestAnimationFrame(function () { requestAnimationFrame(function () {
-    if (window.msRendered === undefined) window.msRendered = performance.now();
-  }); });
+
+  // sigma needs a container with a size: inside a notebook the page may load in a frame not laid out yet
+  function sized() { return box.offsetWidth > 0 && box.offsetHeight > 0; }
+  function boot() {
+    try { start(); } catch (err) { window.msError = String(err); box.textContent = "cannot draw the graph: " + err; }
+  }
+  box.style.top = document.getElementById("ms-bar").offsetHeight + "px";
+  if (sized()) { boot(); } else {
+    var watch = new ResizeObserver(function () {
+      box.style.top = document.getElementById("ms-bar").offsetHeight + "px";
+      if (sized()) { watch.disconnect(); boot(); }
+    });
+    watch.observe(document.body);
+  }
 })();
 """
 
