@@ -131,3 +131,20 @@ def test_explorer_widget_follows_the_picked_concept(run_dir):
     assert len(ex.frames["walks"]) == 2
     ex.resample.click()
     assert ex.walk_seed.value == 1 and ex.frames["walks"] is not before
+
+
+def test_explorer_panels_are_escaped_html_widgets(tmp_path):
+    """The panels are HTML widgets (no Output widget for nbclient to answer mid-cell), and LLM text stays text."""
+    w = pytest.importorskip("ipywidgets")
+    evil = "<img src=x onerror=alert(1)>"
+    G = build_graph([*ROWS, _row("q6", ["Fractions"], [evil, "Adding fractions"])])
+    save_graph(G, tmp_path)
+    compose.write_compositions(compose.compose(G, ComposeConfig(epochs=5), seed=0), tmp_path)
+    ex = explorer.explore(tmp_path, ComposeConfig(), seed=0)
+    assert all(isinstance(p, w.HTML) for p in ex.panels.values())
+    assert not any(isinstance(c, w.Output) for c in ex.widget.children)
+    page = ex.panels["neighbours"].value
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and evil not in page
+    assert "<th>neighbour</th>" in page and "<td>Ratios</td>" in page
+    ex.concept.value = "topic: Geometry"
+    assert "<td>Area of a circle</td>" in ex.panels["neighbours"].value

@@ -9,6 +9,7 @@ a KP the explorer samples walks from the topics linked to it and keeps those tha
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +185,30 @@ def compositions_with(rg: RunGraph, node: str, limit: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows[:limit], columns=["id", "topics", "knowledge points", "generated question"])
 
 
+_TABLE_CSS = (
+    "<style>.ms-x table{border-collapse:collapse;font-size:12px}.ms-x th,.ms-x td{padding:2px 8px;"
+    "border-bottom:1px solid #ddd;text-align:left;vertical-align:top}</style>"
+)
+
+
+def table_html(name: str, frame: pd.DataFrame, empty: str) -> str:
+    """One explorer panel as HTML: its heading and the table (every cell escaped: concepts come from an LLM)."""
+    with pd.option_context("display.max_colwidth", None):
+        body = (
+            frame.to_html(index=False, escape=True, border=0)
+            if len(frame)
+            else f"<i>{html.escape(empty)}</i>"
+        )
+    return f"{_TABLE_CSS}<div class='ms-x'><p>{HEADINGS[name]}</p>{body}</div>"
+
+
 class Explorer:
     """The notebook widget: a concept picker, then its neighbours, live walks and the run's compositions with it.
-    ``frames`` keeps the tables last shown (what a test reads)."""
+    ``frames`` keeps the tables last shown (what a test reads).
+
+    The panels are HTML widgets whose value the kernel sets, not Output widgets: a notebook run by papermill then
+    exchanges no message with the kernel while the cell runs (nbclient answers Output widgets over the shell channel,
+    and a run of the chain once stalled on that exchange)."""
 
     def __init__(self, rg: RunGraph, start: str | None = None, n_walks: int = 5):
         import ipywidgets as w
@@ -204,9 +226,9 @@ class Explorer:
         self.n_walks = w.IntSlider(value=n_walks, min=1, max=20, description="walks")
         self.walk_seed = w.IntText(value=rg.seed, description="seed", layout=w.Layout(width="180px"))
         self.resample = w.Button(description="sample again", icon="refresh")
-        self.out = {name: w.Output() for name in HEADINGS}
+        self.panels = {name: w.HTML() for name in HEADINGS}
         controls = w.HBox([self.n_walks, self.walk_seed, self.resample])
-        self.widget = w.VBox([self.concept, controls, *self.out.values()])
+        self.widget = w.VBox([self.concept, controls, *self.panels.values()])
         self.concept.observe(lambda _: self.show(), names="value")
         self.n_walks.observe(lambda _: self.show_walks(), names="value")
         self.walk_seed.observe(lambda _: self.show_walks(), names="value")
@@ -218,14 +240,8 @@ class Explorer:
         return self.choices.get(self.concept.value)
 
     def _put(self, name: str, frame: pd.DataFrame, empty: str) -> None:
-        from IPython.display import HTML, display
-
         self.frames[name] = frame
-        out = self.out[name]
-        out.clear_output(wait=True)
-        with out, pd.option_context("display.max_colwidth", 300):
-            display(HTML(HEADINGS[name]))
-            display(frame if len(frame) else empty)
+        self.panels[name].value = table_html(name, frame, empty)
 
     def _next_seed(self) -> None:
         self.walk_seed.value += 1  # observing the seed redraws the walks
@@ -263,5 +279,6 @@ __all__ = [
     "walks_table",
     "compositions_with",
     "Explorer",
+    "table_html",
     "explore",
 ]
