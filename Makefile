@@ -62,8 +62,8 @@ bench: setup
 docs: setup   # README's figures, docs/journey.md and docs/img/ from the runs in outputs/ (reporting/docs.py)
 	$(BIN)/python -m mathscale_utils.reporting.docs
 
-lab: setup
-	$(BIN)/jupyter lab notebooks/
+lab: setup   # from the repository root, so notebooks/ and the executed copies in outputs/<run>/notebooks/ both open
+	$(BIN)/jupyter lab
 
 clean:
 	rm -rf outputs/*/

@@ -1,12 +1,13 @@
-"""Views: offline self-contained HTML, escaped tooltips, fixed layouts for big views, figures on small graphs,
-and a real headless-Chromium check that an exported pyvis page draws with the network switched off."""
+"""Views: offline self-contained HTML, escaped tooltips, fixed layouts for big views, figures on small graphs, the
+vendored sigma.js of the whole-graph page, and real headless-Chromium checks that an exported pyvis page and the
+WebGL whole-graph page draw with the network switched off."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from mathscale_utils.reporting.views import (
     whole_graph_view,
     write_views,
 )
+from mathscale_utils.reporting.whole_graph import STATIC, vendored, vendored_script, whole_graph_data
+
+from browser import find_chromium, painted_pixels, requested_urls, start_chromium, wait_for
 
 matplotlib.use("Agg")
 
@@ -72,7 +76,8 @@ def test_views_are_self_contained_and_escaped(tmp_path, graph, rows):
     for path in out.values():
         page = path.read_text(encoding="utf-8")
         assert remote_urls(page) == [], path
-        assert "vis.Network" in page and "vis-network" in page.lower()
+        drawn_by = "new Sigma(" if path.name == "whole_graph.html" else "vis.Network"
+        assert drawn_by in page
         assert "<script>alert" not in page and "onerror=alert(1)>" not in page
     titles = {n["id"]: n["title"] for n in _nodes_in_page(out["ego"].read_text(encoding="utf-8"))}
     assert html.escape('<script>alert("x")</script>') in titles["T::Algebra"]  # shown as text in the tooltip
@@ -93,9 +98,63 @@ def test_small_views_use_physics_big_views_fixed_positions(tmp_path, graph):
     page = big.read_text(encoding="utf-8")
     assert '"physics": {"enabled": false}' in page and '"improvedLayout": false' in page
     assert all("x" in n and "y" in n for n in _nodes_in_page(page))
-    whole = whole_graph_view(graph, tmp_path / "whole.html", ViewsConfig(whole_graph_max_edges=5))
-    nodes = _nodes_in_page(whole.read_text(encoding="utf-8"))
-    assert len(nodes) == graph.number_of_nodes() and all("x" in n for n in nodes)
+
+
+def _whole_data(page: str) -> dict:
+    m = re.search(r"<script id='ms-data' type='application/json'>(.*?)</script>", page, re.S)
+    assert m, "no graph data in the whole-graph page"
+    return json.loads(m.group(1))
+
+
+def test_whole_graph_page_holds_every_node_and_the_strongest_edges(tmp_path, graph):
+    page = whole_graph_view(graph, tmp_path / "whole.html", ViewsConfig(whole_graph_max_edges=5)).read_text()
+    assert remote_urls(page) == [] and "sourceMappingURL" not in page
+    data = _whole_data(page)
+    assert len(data["nodes"]) == graph.number_of_nodes()
+    assert {n[0] for n in data["nodes"]} == {d["label"] for _, d in graph.nodes(data=True)}
+    # every node keeps its strongest edge, so more than 5 edges may be drawn, and never more than needed
+    ends = {i for e in data["edges"] for i in e[:2]}
+    assert ends == set(range(graph.number_of_nodes()))
+    assert 5 <= len(data["edges"]) < graph.number_of_edges()
+    counts = sorted((c for *_, c in graph.edges(data="count")), reverse=True)
+    assert max(e[2] for e in data["edges"]) == counts[0]
+    # the evil topic cannot close the data's <script> element
+    assert "</script><script>" not in page.split("id='ms-data'")[1].split("</script>")[0]
+
+
+def test_vendored_javascript_is_the_registry_files():
+    for pkg in vendored():
+        body = (STATIC / pkg["file"]).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == pkg["sha256"], pkg["file"]
+        assert (
+            (STATIC / pkg["license_file"]).read_text().lstrip().startswith(("Copyright", "The MIT License"))
+        )
+        assert pkg["tarball"].startswith("https://registry.npmjs.org/") and pkg["integrity"].startswith(
+            "sha512-"
+        )
+        code = vendored_script(pkg["name"])
+        assert "sourceMappingURL" not in code and len(code) > 50_000
+    with pytest.raises(KeyError):
+        vendored_script("d3")
+
+
+def test_a_changed_vendored_file_is_refused(tmp_path, monkeypatch):
+    from mathscale_utils.reporting import whole_graph
+
+    copy = tmp_path / "static"
+    copy.mkdir()
+    for f in STATIC.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    sigma = next(p for p in vendored() if p["name"] == "sigma")
+    (copy / sigma["file"]).write_bytes((copy / sigma["file"]).read_bytes() + b"\n// changed")
+    monkeypatch.setattr(whole_graph, "STATIC", copy)
+    with pytest.raises(RuntimeError, match="sha256"):
+        whole_graph.vendored_script("sigma")
+
+
+def test_whole_graph_data_of_an_empty_graph():
+    data = whole_graph_data(build_graph([]))
+    assert data["nodes"] == [] and data["edges"] == []
 
 
 def test_ego_and_walk_views_content(tmp_path, graph):
@@ -141,43 +200,12 @@ def test_show_html_embeds_page(tmp_path, graph):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = next(
-        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
-    )
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 @pytest.fixture
 def offline_chromium():
-    found = _chromium()
-    if found is None:
+    if find_chromium() is None:
         pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = found[0]
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        # no network: every request goes to a dead proxy, and CDP switches the network off as well
-        "--proxy-server=http://127.0.0.1:9",
-        "--proxy-bypass-list=<-loopback>",
-    ):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(options=opts, service=Service(found[1]))
-    drv.set_script_timeout(20)
-    drv.execute_cdp_cmd("Network.enable", {})
-    drv.execute_cdp_cmd(
-        "Network.emulateNetworkConditions",
-        {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
-    )
+    pytest.importorskip("selenium.webdriver")
+    drv = start_chromium(offline=True)
     try:
         yield drv
     finally:
@@ -239,3 +267,65 @@ def test_exported_view_draws_offline_in_chromium(offline_chromium, tmp_path, gra
            return [t instanceof HTMLElement, t.textContent, t.querySelectorAll('script,img').length];"""
     )
     assert tip[0] is True and '<script>alert("x")</script>' in tip[1] and tip[2] == 0
+
+
+@pytest.mark.browser
+def test_whole_graph_page_draws_offline_with_webgl(offline_chromium, tmp_path, rows):
+    drv = offline_chromium
+    evil = "</script><img src=x onerror=alert(1)>"
+    graph = build_graph([*rows, _row("x", [evil, "Algebra"], ["kp 1"])])
+    page = whole_graph_view(graph, tmp_path / "whole.html", ViewsConfig(whole_graph_max_edges=30))
+    data = _whole_data(page.read_text(encoding="utf-8"))
+    requested_urls(drv)  # forget the browser's own start-up requests
+    drv.get(page.resolve().as_uri())
+    wait_for(drv, "return window.msRendered", timeout=60, what="the first sigma frame")
+    assert drv.execute_script("return [msGraph.order, msGraph.size]") == [
+        len(data["nodes"]),
+        len(data["edges"]),
+    ]
+    assert drv.execute_script("return msRenderer.getCanvases().nodes.getContext('webgl2') !== null")
+    # the labels are text: the evil topic's markup stays a string and adds no element
+    assert evil in drv.execute_script("return msGraph.mapNodes((n, a) => a.label)")
+    assert drv.execute_script("return document.querySelectorAll('img').length") == 0
+    time.sleep(0.5)
+    assert painted_pixels(drv.get_screenshot_as_png(), (0, 80, 1280, 900)) > 5000, "the graph looks empty"
+    # a click on the search result focuses the node and lists its neighbours
+    drv.execute_script(
+        "const s = document.getElementById('ms-search'); s.value = 'Algebra (topic)';"
+        " s.dispatchEvent(new Event('input'));"
+    )
+    info = wait_for(drv, "return document.getElementById('ms-info').innerText", what="the node's panel")
+    assert info.startswith("Algebra") and "topic, in" in info and "drawn neighbour" in info
+    # nothing left the machine: every request was the file itself or inline data
+    status = drv.execute_async_script(
+        "const cb = arguments[0]; fetch('http://example.com/').then(() => cb('online'), () => cb('offline'));"
+    )
+    assert status == "offline"
+    left = [u for u in requested_urls(drv) if not u.startswith(("file:", "data:", "blob:", "chrome:"))]
+    assert left == ["http://example.com/"], left
+
+
+@pytest.mark.browser
+def test_whole_graph_page_waits_for_a_frame_with_a_size(offline_chromium, tmp_path, graph):
+    """In a notebook the page may load in a frame that is not laid out yet (JupyterLab renders outputs before
+    attaching them): it draws once the frame has a size, instead of failing on an empty container."""
+    drv = offline_chromium
+    page = whole_graph_view(graph, tmp_path / "whole.html")
+    frame = show_html(page, height=600).data.replace("height:600px", "height:0px")
+    (tmp_path / "host.html").write_text(f"<!DOCTYPE html><html><body>{frame}</body></html>", encoding="utf-8")
+    drv.get((tmp_path / "host.html").as_uri())
+    iframe = drv.find_element("css selector", "iframe")
+    time.sleep(1.0)
+    drv.switch_to.frame(iframe)
+    assert drv.execute_script("return [window.msRendered, window.msError]") == [
+        None,
+        None,
+    ]  # waiting, not failed
+    drv.switch_to.default_content()
+    drv.execute_script("arguments[0].style.height = '600px';", iframe)
+    drv.switch_to.frame(iframe)
+    wait_for(drv, "return window.msRendered", timeout=60, what="the first sigma frame after the resize")
+    assert drv.execute_script("return [msRenderer.getGraph().order, window.msError]") == [
+        graph.number_of_nodes(),
+        None,
+    ]

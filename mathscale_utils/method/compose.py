@@ -547,6 +547,26 @@ def read_compositions(run_dir: str | Path) -> list[CompositionRow]:
     return read_jsonl(RunDir(path).compositions if path.is_dir() else path)  # type: ignore[return-value]
 
 
+def step_probabilities(wg: WalkGraph, phase: str, node: int, visited: Iterable[int] = ()) -> dict[int, float]:
+    """Eq. 2 for one step from ``node`` in a phase's sub-graph (``"tt"``, ``"tk"`` or ``"kk"``): {neighbour index:
+    p(v | u)} over the unvisited neighbours, from the weights the walk samples (for notebooks and the explorer)."""
+    csr, skip = getattr(wg, phase), set(visited)
+    lo, hi = csr.indptr[node], csr.indptr[node + 1]
+    w = {
+        int(v): float(x) for v, x in zip(csr.indices[lo:hi], csr.w[lo:hi], strict=True) if int(v) not in skip
+    }
+    total = sum(w.values())
+    return {v: x / total for v, x in w.items()} if total else {}
+
+
+def walks_from(
+    wg: WalkGraph, topic: int, n: int, config: ComposeConfig, rng: np.random.Generator
+) -> Compositions:
+    """``n`` walks of the stage's walk from one start topic, nothing dropped or de-duplicated (for exploring)."""
+    topics, kps, _ = _walk_chunk(wg, np.full(n, topic, dtype=np.int64), config, rng)
+    return Compositions(wg, topics, kps, np.full(n, topic, np.int32), np.zeros(n, np.int32))
+
+
 def drop_table(stats: dict[str, Any]) -> list[tuple[str, int]]:
     """(rule, count) rows for display: walks, each drop rule, kept."""
     return [
@@ -566,4 +586,6 @@ __all__ = [
     "write_compositions",
     "read_compositions",
     "drop_table",
+    "step_probabilities",
+    "walks_from",
 ]

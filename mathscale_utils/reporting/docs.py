@@ -9,7 +9,8 @@ block is rewritten from a record:
 - ``bench/results/<bench>.json``: what a benchmark measured.
 
     python -m mathscale_utils.reporting.docs            # record the runs found under outputs/, rewrite README's blocks,
-                                                         # docs/journey.md and docs/img/ (what `make docs` runs)
+                                                         # docs/journey.md, docs/img/ and the quickstart's notebooks
+                                                         # as static HTML in docs/gallery/ (what `make docs` runs)
     python -m mathscale_utils.reporting.docs --check    # fail when README's blocks differ from their records
 
 Running it twice on the same runs leaves no diff: a record holds only what the run wrote (its own dates included).
@@ -28,6 +29,7 @@ from mathscale_utils.core.artifacts import STAGE_IDS, RunDir
 from mathscale_utils.core.io import DataError, read_json, write_json, write_text
 from mathscale_utils.core.params import ROOT
 from mathscale_utils.reporting import scaling as sc
+from mathscale_utils.reporting.gallery import write_gallery
 from mathscale_utils.reporting.journey import journey_markdown
 
 RESULTS = Path("docs") / "results"  # the records, relative to the repository root
@@ -331,10 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     figures = copy_figures(outputs)
     write_text(readme, render_readme(text))
     quickstart = outputs / "quickstart"
+    gallery = "no gallery (outputs/quickstart/notebooks/ has no executed notebook)"
     if (quickstart / "manifest.json").exists():
         write_text(ROOT / "docs" / "journey.md", journey_markdown(quickstart))
+    if list((quickstart / "notebooks").glob("*.ipynb")):
+        pages = write_gallery(quickstart, ROOT / "docs" / "gallery")
+        gallery = f"docs/gallery/: {len(pages)} files"
     print(
-        f"docs: recorded {recorded or 'nothing'}; figures {figures or 'none'}; README.md and docs/journey.md written"
+        f"docs: recorded {recorded or 'nothing'}; figures {figures or 'none'}; {gallery}; "
+        "README.md and docs/journey.md written"
     )
     return 0
 

@@ -4,21 +4,23 @@ What is drawn
     * the topic graph (the most frequent topics and their topic-topic edges, coloured by Louvain community);
     * the ego network of one topic (its KPs and neighbouring topics);
     * one sampled walk, highlighted on its neighbourhood;
-    * the whole graph: a standalone pyvis HTML file with precomputed positions and physics off, which opens in
-      seconds even at paper scale (the strongest edges only);
+    * the whole graph, every topic and KP: one WebGL page (sigma.js), written by ``whole_graph.py``.
 
 Offline by design
     pyvis views are written with ``cdn_resources="in_line"`` (vis-network inlined) and then cleaned: the
     template's remote stylesheet/script tags (bootstrap) are removed, so a view draws with no network at all;
-    :func:`remote_urls` lists what is left to load (it must be empty). pyvis is the one interactive backend: a WebGL
-    widget (ipysigma) loads its bundle from CDNs when exported, so it would not open offline.
+    :func:`remote_urls` lists what is left to load (it must be empty). The whole-graph page inlines sigma.js and
+    graphology from the copies vendored in ``static/``.
 
 Conventions
     Node size grows with frequency (number of seed questions), colour says the type (topic orange, KP blue),
     edge width grows with the co-occurrence count. Tooltips are HTML built here, with every piece of user
     content (concept strings, seed questions) escaped, then turned into DOM elements in the page (vis-network
-    shows plain strings as text only). Views above ``physics_max_nodes`` nodes get positions computed here
-    (:func:`layout_positions`) and physics off, so they open in seconds.
+    shows plain strings as text only). Views above ``physics_max_nodes`` nodes get positions computed in
+    ``whole_graph.py`` (:func:`layout_positions`) and physics off, so they open in seconds.
+
+In a notebook, :func:`show_html` puts a view inline (an iframe holding the page itself): JupyterLab draws it once the
+notebook is trusted, which the chain does for the notebooks it executes (``runs/chain.py``).
 
 Files are written with ``mathscale_utils.core.io.write_text`` into ``run_dir/views/``.
 """
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import numpy as np
 
 from mathscale_utils.core.artifacts import RunDir
 from mathscale_utils.core.io import write_text
@@ -51,6 +52,7 @@ from mathscale_utils.method.graph import (
     subgraph,
     topic_id,
 )
+from mathscale_utils.reporting.whole_graph import layout_positions, whole_graph_view
 
 WALK_COLOR = "#e15759"
 CENTER_COLOR = "#b07aa1"
@@ -123,53 +125,6 @@ def _resolve_topic(G: nx.Graph, topic: str) -> str:
         if cand in G and G.nodes[cand]["type"] == TOPIC:
             return cand
     raise KeyError(f"topic {topic!r} is not in the graph")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Layout
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _force_layout(H: nx.Graph, seed: int, iterations: int) -> np.ndarray:
-    """networkx's ForceAtlas2 as an (n, 2) array (1,400 nodes: about 8 s for 50 iterations on one core)."""
-    if H.number_of_nodes() <= 1:
-        return np.zeros((H.number_of_nodes(), 2))
-    pos = nx.forceatlas2_layout(H, max_iter=iterations, seed=seed, strong_gravity=True)
-    return np.array([pos[v] for v in H], dtype=float)
-
-
-def layout_positions(H: nx.Graph, seed: int = 0, scale: float | None = None, iterations: int = 50) -> dict:
-    """Positions {node: (x, y)} in pixels for a view drawn with physics off.
-
-    Up to 2,500 nodes, or a graph of one type: a force-directed layout of the whole graph. The paper's graph (~2K
-    topics + ~9K KPs) lays out the topic graph only and puts each KP at the count-weighted mean of its topics plus a
-    small jitter, so KPs sit next to the topics they co-occur with, at O(topics²) instead of O(nodes²)."""
-    nodes = list(H)
-    n = len(nodes)
-    if n == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    scale = scale or 45.0 * math.sqrt(n)
-    topics = [v for v in nodes if H.nodes[v].get("type", TOPIC) == TOPIC]
-    if n <= 2500 or len(topics) in (0, n) or len(topics) > 2500:
-        pos = _force_layout(H, seed, iterations)
-    else:
-        t_pos = dict(zip(topics, _force_layout(H.subgraph(topics), seed, iterations), strict=True))
-        spread = (
-            0.6 * float(np.ptp(np.array(list(t_pos.values())), axis=0).mean() or 1.0) / math.sqrt(len(topics))
-        )
-        pos = np.zeros((n, 2))
-        for i, v in enumerate(nodes):
-            if v in t_pos:
-                pos[i] = t_pos[v]
-                continue
-            nb = [(t_pos[u], d.get("count", 1)) for u, d in H[v].items() if u in t_pos]
-            centre = np.average([p for p, _ in nb], axis=0, weights=[w for _, w in nb]) if nb else (0.0, 0.0)
-            pos[i] = centre + rng.normal(0, spread, 2)
-    pos -= np.median(pos, axis=0)
-    extent = float(np.quantile(np.abs(pos), 0.98)) or 1.0
-    pos = pos / extent * scale
-    return {v: (round(float(pos[i, 0]), 1), round(float(pos[i, 1]), 1)) for i, v in enumerate(nodes)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,55 +416,6 @@ def walk_view(
     )
     legend = [("topic", TOPIC_COLOR), ("knowledge point", KP_COLOR), ("walk", WALK_COLOR)]
     return _write(_render(G, nodes, edges, cfg, title, legend, seed), path)
-
-
-def whole_graph_view(G: nx.Graph, path: str | Path, config: ViewsConfig | None = None, seed: int = 0) -> Path:
-    """The whole graph as a standalone offline HTML file: every node, the ``whole_graph_max_edges`` strongest
-    edges (each node keeps its strongest edge), precomputed positions, physics off. Tooltips name the node and
-    its frequency only, to keep the file small."""
-    cfg = config or ViewsConfig()
-    if G.number_of_nodes() == 0:
-        page = _render(G, [], [], cfg, "Whole concept graph (empty)", [], seed, positions={})
-        return _write(page, path)
-    edges_sorted = sorted(G.edges(data="count"), key=lambda e: (-e[2], e[0], e[1]))
-    keep: dict[frozenset, tuple[str, str]] = {}
-    best_of: dict[str, tuple[str, str]] = {}
-    for a, b, _ in edges_sorted:
-        for n in (a, b):
-            best_of.setdefault(n, (a, b))
-    for a, b in best_of.values():
-        keep[frozenset((a, b))] = (a, b)
-    limit = max(cfg.whole_graph_max_edges, len(keep))
-    for a, b, _ in edges_sorted:
-        if len(keep) >= limit:
-            break
-        keep.setdefault(frozenset((a, b)), (a, b))
-    positions = layout_positions(G, seed=seed)
-    max_freq = max(d for _, d in G.nodes(data="freq"))
-    max_count = max((c for _, _, c in edges_sorted), default=1)
-    nodes = []
-    for n, d in G.nodes(data=True):
-        kind = "topic" if d["type"] == TOPIC else "knowledge point"
-        nodes.append(
-            {
-                "id": n,
-                "label": d["label"],
-                "color": _type_color(d["type"]),
-                "size": _node_size(d["freq"], max_freq, 4, 30),
-                "title": f"<div class='ms-tip'><b>{_esc(d['label'])}</b><br>{kind}, freq {d['freq']}</div>",
-                "group": d["type"],
-            }
-        )
-    edges = [
-        {"from": a, "to": b, "width": _edge_width(G[a][b]["count"], max_count, 0.5, 4)}
-        for a, b in keep.values()
-    ]
-    title = (
-        f"Whole concept graph: {G.number_of_nodes()} nodes, {len(edges)} of {G.number_of_edges()} edges "
-        "(strongest), fixed layout"
-    )
-    legend = [("topic", TOPIC_COLOR), ("knowledge point", KP_COLOR)]
-    return _write(_render(G, nodes, edges, cfg, title, legend, seed, positions=positions), path)
 
 
 def show_html(path: str | Path, height: int = 780):

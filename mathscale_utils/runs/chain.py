@@ -41,6 +41,7 @@ from mathscale_utils.core.params import (
     resolve_path,
     safe_name,
 )
+from mathscale_utils.reporting.widget_state import final_progress_lines
 from mathscale_utils.runs import stages
 from mathscale_utils.runs.plan import format_plan, plan
 
@@ -164,7 +165,45 @@ def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -
         raise StageFailed(
             f"stage {stage_id} failed in {dst} (cell {e.exec_count}): {e.ename}: {e.evalue}"
         ) from None
+    finally:
+        if dst.exists():
+            finish_notebook(dst)
     return dst
+
+
+def finish_notebook(path: Path) -> None:
+    """What the chain does to a notebook papermill has written (failed ones too): each progress bar becomes its final
+    line (``widget_state.final_progress_lines``), then the notebook is trusted (:func:`trust_notebook`). A signature
+    store that cannot be written (a read-only home) costs the trust, not the stage: the message says what to run."""
+    import sqlite3
+
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    if final_progress_lines(nb):
+        nbformat.write(nb, path)
+    try:
+        trust_notebook(path)
+    except (OSError, sqlite3.Error) as e:
+        print(
+            f"[chain] could not sign {path} ({e}); run `jupyter trust {path}` to see its views in JupyterLab",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def trust_notebook(path: Path) -> None:
+    """Sign an executed notebook, as `jupyter trust` does: it is the user's own output, and JupyterLab shows the HTML
+    and JavaScript of a trusted notebook's outputs (the views' iframes, the widgets) where it would sanitise them away.
+
+    The signature goes to nbformat's notary store (``nbsignatures.db`` and ``notebook_secret`` in Jupyter's data
+    directory, ``jupyter --data-dir``), the store a JupyterLab started by the same user on this machine checks."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    nb = nbformat.read(path, as_version=4)
+    with NotebookNotary() as notary:
+        notary.sign(nb)
 
 
 def run_python(stage_id: str, params_file: Path) -> None:

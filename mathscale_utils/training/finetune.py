@@ -30,6 +30,7 @@ finetune/superseded/<UTC time>/ with why.json, the log says so, and the card lis
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # peft/transformers otherwise try the hub
@@ -63,6 +64,21 @@ from mathscale_utils.training.examples import (
 from mathscale_utils.training.launch import launch
 from mathscale_utils.training.resume import checkpoint, finished_card, resume_key, start_or_resume, superseded
 from mathscale_utils.training.serve import serving_plan
+
+
+class _OptionalHubKernel(logging.Filter):
+    """On a CPU with AVX512-BF16, importing bitsandbytes (peft does) asks the hub for an optional fused kernel; offline
+    it logs two warnings and uses its own kernel, which works: nothing a user can or should do about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith(
+            ("Failed to load CPU gemm_4bit_forward from kernels-community", "Skipping publisher")
+        )
+
+
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_OptionalHubKernel())
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
