@@ -91,7 +91,9 @@ def test_paper_full_ft_runs_04_then_05_and_a_rerun_passes(tmp_path, monkeypatch)
     assert first["status"] == "ok" and [first["stages"][s]["status"] for s in ("04", "05")] == ["ok", "ok"]
     card = read_json(run.training_card)
     assert (card["method"], card["steps"], card["serving"]["dtype"]) == ("full", 2, "float32")
-    student, base = map(json.loads, (tmp_path / "servers.jsonl").read_text().splitlines())  # the fine-tuned student, then the baseline
+    student, base = map(
+        json.loads, (tmp_path / "servers.jsonl").read_text().splitlines()
+    )  # the fine-tuned student, then the baseline
     assert student[:3] == [str(run.adapter), "--served-model-name", "student"]
     assert student[student.index("--dtype") + 1] == "float32"
     assert base[0] == d["finetune"]["base_model"] and base[base.index("--dtype") + 1] == "float32"
