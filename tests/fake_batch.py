@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -28,8 +29,10 @@ class FakeBatchAPI:
         plan: Plan | None = None,
         answer: Callable[[dict], str | dict] = echo,
         fail_first_batch: bool = False,
+        store: str | Path | None = None,
     ):
         self.plan = plan or (lambda cid, body, n: "ok")
+        self.store = Path(store) if store else None  # file contents on disk, not in memory (bench_scale: GBs)
         self.answer, self.fail_first_batch = answer, fail_first_batch
         self.hold = False
         self.files: dict[str, tuple[bytes, str, str]] = {}
@@ -45,7 +48,9 @@ class FakeBatchAPI:
 
     def _file(self, data: bytes, purpose: str, name: str) -> dict:
         fid = f"file-{len(self.files) + 1:03d}"
-        self.files[fid] = (data, purpose, name)
+        if self.store is not None:
+            (self.store / fid).write_bytes(data)
+        self.files[fid] = (b"" if self.store else data, purpose, name)
         return {
             "id": fid,
             "object": "file",
@@ -65,17 +70,19 @@ class FakeBatchAPI:
 
     async def content(self, request: web.Request) -> web.Response:
         self.calls["files.content"] += 1
-        return web.Response(
-            body=self.files[request.match_info["fid"]][0], content_type="application/octet-stream"
-        )
+        fid = request.match_info["fid"]
+        if self.store is not None:
+            return web.FileResponse(self.store / fid, headers={"Content-Type": "application/octet-stream"})
+        return web.Response(body=self.files[fid][0], content_type="application/octet-stream")
+
+    def _data(self, fid: str) -> bytes:
+        return (self.store / fid).read_bytes() if self.store is not None else self.files[fid][0]
 
     async def create(self, request: web.Request) -> web.Response:
         self.calls["batches.create"] += 1
         body = await request.json()
         assert body["endpoint"] == "/v1/chat/completions" and body["completion_window"] == "24h"
-        lines = [
-            json.loads(x) for x in self.files[body["input_file_id"]][0].decode().splitlines() if x.strip()
-        ]
+        lines = [json.loads(x) for x in self._data(body["input_file_id"]).decode().splitlines() if x.strip()]
         for line in lines:
             assert (
                 line["method"] == "POST"
@@ -100,7 +107,7 @@ class FakeBatchAPI:
         }
         self.batches[bid] = {
             "obj": b,
-            "lines": lines,
+            "lines": None if self.store else lines,  # with a store: read again from the input file when done
             "polls": 0,
             "rounds": [self.submissions[x["custom_id"]] for x in lines],
         }
@@ -116,7 +123,10 @@ class FakeBatchAPI:
             }
             return
         out, err, expired = [], [], False
-        for line, n in zip(st["lines"], st["rounds"], strict=True):
+        lines = st["lines"]
+        if lines is None:
+            lines = [json.loads(x) for x in self._data(b["input_file_id"]).decode().splitlines() if x.strip()]
+        for line, n in zip(lines, st["rounds"], strict=True):
             cid, body = line["custom_id"], line["body"]
             fate = self.plan(cid, body, n)
             if fate == "ok":
@@ -171,7 +181,7 @@ class FakeBatchAPI:
                     }
                 )
         b["status"] = "expired" if expired else "completed"
-        b["request_counts"] = {"total": len(st["lines"]), "completed": len(out), "failed": len(err)}
+        b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
         if out:
             b["output_file_id"] = self._file(
                 "".join(json.dumps(x) + "\n" for x in out).encode(), "batch_output", "out.jsonl"
