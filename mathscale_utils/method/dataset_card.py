@@ -3,6 +3,7 @@ removed questions, generate_summary.json and dataset_card.md. Statistics for the
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -23,15 +24,50 @@ from mathscale_utils.method.reply_format import PROMPT, RETRY, template_hash
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def export_hf(rows: Sequence[dict], path: str | Path) -> Path:
-    """Save a Hugging Face datasets copy (``datasets.load_from_disk(path)``), replacing any previous one."""
+def _features():
+    """The schema of mathscaleqa.jsonl rows for the Hugging Face copy (given, not inferred from a first block)."""
+    from datasets import Features, Sequence, Value
+
+    text = Value("string")
+    return Features(
+        {
+            "id": text,
+            "question": text,
+            "solution": text,
+            "answer": text,
+            "topics": Sequence(text),
+            "knowledge_points": Sequence(text),
+            "composition_id": text,
+            "teacher_model": text,
+            "prompt_hash": text,
+            "source": text,
+            "check_agrees": Value("bool"),
+        }
+    )
+
+
+def export_hf(rows: Iterable[dict], path: str | Path) -> Path:
+    """Save a Hugging Face datasets copy (``datasets.load_from_disk(path)``), replacing any previous one. The rows
+    are streamed into an Arrow file a block at a time (never held as a list), which datasets then saves."""
+    import tempfile
+
     import datasets
+    import pyarrow as pa
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    datasets.Dataset.from_list(list(rows)).save_to_disk(str(tmp))
+    schema = _features().arrow_schema
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".hf-build-") as build:
+        arrow = Path(build) / "rows.arrow"
+        with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            it = iter(rows)
+            while block := list(itertools.islice(it, 10_000)):
+                writer.write_table(pa.Table.from_pylist(block, schema=schema))
+        ds = datasets.Dataset.from_file(str(arrow))  # memory-mapped
+        ds.save_to_disk(str(tmp))
+        del ds
     old = path.with_name(path.name + ".old")
     if path.exists():
         if old.exists():
@@ -62,7 +98,7 @@ def build_summary(
     run_dir: Path,
     extra: dict | None = None,
 ) -> dict:
-    gen = sum(r["source"] == "generated" for r in asm.rows)
+    gen = asm.n_generated
     return {
         "counts": {"generated_kept": gen, "seed_rows": asm.n_seed_rows, "total_rows": len(asm.rows)},
         "funnel": [{"step": s, "kept": k, "removed": r} for s, k, r in asm.funnel],
@@ -107,9 +143,9 @@ def dataset_card(
     asm: Assembly, summary: dict, cfg: GenerateConfig, llm_cfg: LLMConfig, seeds: Sequence[dict], seed: int
 ) -> str:
     """The dataset card as Markdown: how the data was made and what every filter removed."""
-    gen_rows = [r for r in asm.rows if r["source"] == "generated"]
-    rng = random.Random(seed)
-    examples = rng.sample(gen_rows, min(cfg.card_examples, len(gen_rows)))
+    rng = random.Random(seed)  # sample() draws positions from the count alone: the same rows as from a list
+    picks = rng.sample(range(asm.n_generated), min(cfg.card_examples, asm.n_generated))
+    examples = [asm.rows[i] for i in picks]
     src = Counter(str(s.get("source") or "unknown") for s in seeds)
     u = summary["usage"]["stage_total"] or summary["usage"]["session"]
     out = [
