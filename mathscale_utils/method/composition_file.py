@@ -42,41 +42,47 @@ def write_walk(
     """Write compositions.jsonl atomically: line i is the record {"id": f"c{i:07d}", "topics": [...],
     "knowledge_points": [...], "start_topic": ..., "epoch": ...} of row i (-1 slots skipped), as json.dumps writes it.
 
-    The text is cut into pieces that repeat (a label with or without the ", " before it, the start topic with the
-    keys around it, an epoch with the line's end); a block of lines is a matrix of piece ids, turned into text by
-    one fancy index and one join."""
+    The text is cut into pieces that repeat (the id's thousands with the line's start, its last three digits with
+    the key after it, a label with or without the ", " before it, the start topic with the keys around it, an epoch
+    with the line's end); a block of lines is a matrix of piece ids, turned into text by one fancy index and one
+    join."""
     tl = [json.dumps(x, ensure_ascii=False) for x in topic_labels]
     kl = [json.dumps(x, ensure_ascii=False) for x in kp_labels]
+    n_rows = len(start)
+    if n_rows > 10**7:
+        raise ValueError(f"ids c0000000..c9999999 name at most 10^7 compositions, not {n_rows}")
     groups = [
-        ["", '], "knowledge_points": ['],
+        [""],
+        [f'{{"id": "c{k:04d}' for k in range((n_rows + 999) // 1000)],
+        [f'{k:03d}", "topics": [' for k in range(1000)],
         tl,
         [", " + x for x in tl],
+        ['], "knowledge_points": ['],
         kl,
         [", " + x for x in kl],
         [f'], "start_topic": {x}, "epoch": ' for x in tl],
-        [f"{e}}}\n" for e in range(int(epoch.max()) + 1 if len(epoch) else 0)],
+        [f"{e}}}\n" for e in range(int(epoch.max()) + 1 if n_rows else 0)],
     ]
-    base = np.cumsum([0] + [len(g) for g in groups])
-    empty, mid = 0, 1
-    t_first, t_later, k_first, k_later, starts, epochs, n_fixed = base[1:]
+    empty, thousands, units, t_first, t_later, mid, k_first, k_later, starts, epochs = np.cumsum(
+        [0] + [len(g) for g in groups[:-1]]
+    )
     pieces = np.array([x for g in groups for x in g], dtype=object)
     with atomic_writer(path) as f:
-        for b in range(0, len(start), _BLOCK):
-            n = min(_BLOCK, len(start) - b)
-            ids = [f'{{"id": "c{i:07d}", "topics": [' for i in range(b, b + n)]
-            block = np.concatenate([pieces, np.array(ids, dtype=object)])
+        for b in range(0, n_rows, _BLOCK):
+            i = np.arange(b, min(b + _BLOCK, n_rows))
             rows = np.concatenate(
                 [
-                    np.arange(n_fixed, n_fixed + n)[:, None],
-                    _list_pieces(topics[b : b + n], t_first, t_later, empty),
-                    np.full((n, 1), mid),
-                    _list_pieces(kps[b : b + n], k_first, k_later, empty),
-                    start[b : b + n, None].astype(np.int64) + starts,
-                    epoch[b : b + n, None].astype(np.int64) + epochs,
+                    (thousands + i // 1000)[:, None],
+                    (units + i % 1000)[:, None],
+                    _list_pieces(topics[i], t_first, t_later, empty),
+                    np.full((len(i), 1), mid),
+                    _list_pieces(kps[i], k_first, k_later, empty),
+                    start[i, None].astype(np.int64) + starts,
+                    epoch[i, None].astype(np.int64) + epochs,
                 ],
                 axis=1,
             )
-            f.write("".join(block[rows].ravel().tolist()))
+            f.write("".join(pieces[rows].ravel().tolist()))
     return Path(path)
 
 
