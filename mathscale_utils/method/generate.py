@@ -53,6 +53,7 @@ The settings and file names are in :mod:`mathscale_utils.generate_config`, the p
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class FewShotIndex:
                 postings[j].append(i)
         self.vocab = vocab
         self.postings = [np.asarray(p, dtype=np.int32) for p in postings]
+        self.sizes_list = self.sizes.tolist()
         self._shown: dict[
             int, tuple[str, str]
         ] = {}  # seed index -> (question, solution) as a prompt shows them
@@ -172,12 +174,26 @@ class FewShotIndex:
         comp = set(kps)
         cols = [self.postings[self.vocab[x]] for x in comp if x in self.vocab]
         chosen: list[tuple[int, float]] = []
-        if cols:  # seeds sharing a KP (ascending) and how many they share; no array over all seeds
-            cand, inter = np.unique(np.concatenate(cols), return_counts=True)
-            dist = 1.0 - inter / (len(comp) + self.sizes[cand] - inter)
-            ties = rng.random(len(cand))
-            order = np.lexsort((ties, dist))[:k]
-            chosen = [(int(cand[o]), float(dist[o])) for o in order]
+        if cols:  # seeds sharing a KP (ascending) and how many they share
+            both = np.concatenate(cols)
+            if len(both) <= 256:  # few: plain Python is faster than numpy's fixed costs (the same floats)
+                count: dict[int, int] = {}
+                for i in both.tolist():
+                    count[i] = count.get(i, 0) + 1
+                items, sizes, m = sorted(count.items()), self.sizes_list, len(comp)
+                ties = rng.random(len(items)).tolist()
+                scored = [
+                    (1.0 - c / (m + sizes[i] - c), t, j)
+                    for j, ((i, c), t) in enumerate(zip(items, ties, strict=True))
+                ]
+                chosen = [(items[j][0], d) for d, _, j in heapq.nsmallest(k, scored)]  # (dist, tie), stable
+            else:
+                inter = np.bincount(both, minlength=n)
+                cand = np.flatnonzero(inter)
+                dist = 1.0 - inter[cand] / (len(comp) + self.sizes[cand] - inter[cand])
+                ties = rng.random(len(cand))
+                order = np.lexsort((ties, dist))[:k]
+                chosen = [(int(cand[o]), float(dist[o])) for o in order]
         if len(chosen) < k:  # everything else is at distance 1: fill at random
             taken = {i for i, _ in chosen}
             rest = np.setdiff1d(np.arange(n), np.fromiter(taken, dtype=np.int64, count=len(taken)))
