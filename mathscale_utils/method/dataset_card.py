@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import RunDir, stage
-from mathscale_utils.core.io import DataError, read_json, write_json, write_jsonl, write_text
+from mathscale_utils.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl, write_text
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.method.filters import Assembly, funnel_adds_up
@@ -254,6 +254,21 @@ def dataset_card(
     return "\n".join(out) + "\n"
 
 
+def sample_jsonl(path: str | Path, k: int, seed: int = 0) -> tuple[int, list[dict]]:
+    """(rows in the file, a uniform random sample of k of them in file order), in one pass holding only the sample
+    (reservoir sampling): what a notebook shows of a 2M-row file."""
+    rng = random.Random(seed)
+    keep: list[tuple[int, dict]] = []
+    n = 0
+    for _, r in iter_jsonl(path):
+        if len(keep) < k:
+            keep.append((n, r))
+        elif (j := rng.randrange(n + 1)) < k:
+            keep[j] = (n, r)
+        n += 1
+    return n, [r for _, r in sorted(keep, key=lambda x: x[0])]
+
+
 def batch_summary(run_dir: str | Path) -> dict:
     """{"batch": {usage, jobs}} from batches/state.json when the Batch API was used, else {}."""
     path = RunDir(run_dir).batches / STAGE / "state.json"
@@ -297,4 +312,5 @@ __all__ = [
     "build_summary",
     "batch_summary",
     "dataset_card",
+    "sample_jsonl",
 ]
