@@ -4,8 +4,8 @@
 
 Per size: a synthetic concept graph of paper size (20K seed questions -> ~2K topics and ~9K knowledge points, as in
 bench_walk.py, with question and solution texts), then the project's own code for every step, each step in its own
-process reading what the previous one wrote (``--stage NAME``), so that its peak RSS (``os.wait4``) and CPU time are
-its own:
+process reading what the previous one wrote (``--stage NAME``), so that its peak RSS (its own VmHWM) and CPU time
+(``os.wait4``) are its own:
 
     walk        stage 02: the graph from concepts.jsonl, the random walk to N compositions, compositions.jsonl
     requests    stage 03: the first request of every composition, built and submitted in bounded chunks (the Batch
@@ -389,8 +389,17 @@ def step_tokenize(P) -> dict:
 # ---- orchestration ------------------------------------------------------------------------------------------------
 
 
+def _vm_hwm_kib() -> int:
+    """This process's peak resident memory (VmHWM of its own address space). Not wait4's ru_maxrss: at exec Linux
+    folds the forking parent's peak into the child's, so every step would report at least this orchestrator's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def run_step(name: str, params: Path, report: Path) -> dict:
-    """One step in a child process: wall seconds, CPU seconds and peak RSS of that process alone."""
+    """One step in a child process: wall seconds, CPU seconds (wait4) and peak RSS (the child's own VmHWM)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--stage", name, "--params", str(params), "--report", str(report)]
     t0 = time.perf_counter()
@@ -403,7 +412,6 @@ def run_step(name: str, params: Path, report: Path) -> dict:
     return {
         "seconds": round(wall, 2),
         "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 2),
-        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
         **json.loads(report.read_text()),
     }
@@ -494,7 +502,9 @@ def main() -> None:
     if a.stage:  # a child: one step
         from mathscale_utils.core.params import load_params
 
-        Path(a.report).write_text(json.dumps(globals()[f"step_{a.stage}"](load_params(a.params))))
+        out = globals()[f"step_{a.stage}"](load_params(a.params))
+        out["peak_rss_mib"] = round(_vm_hwm_kib() / 1024, 1)
+        Path(a.report).write_text(json.dumps(out))
         return
     from mathscale_utils.core.io import write_json
 
