@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import openai_rules
 from aiohttp import web
@@ -40,8 +41,10 @@ class FakeBatchAPI:
         provider: bool = False,
         enqueued_limit: int | None = None,
         max_file_bytes: int = openai_rules.MAX_BATCH_BYTES,
+        store: str | Path | None = None,
     ):
         self.plan = plan or (lambda cid, body, n: "ok")
+        self.store = Path(store) if store else None  # file contents on disk, not in memory (bench_scale: GBs)
         self.answer, self.fail_first_batch = answer, fail_first_batch
         self.provider, self.enqueued_limit, self.max_file_bytes = provider, enqueued_limit, max_file_bytes
         self.peak_enqueued: dict[str, int] = {}  # model -> most tokens in unfinished batches at once
@@ -60,7 +63,9 @@ class FakeBatchAPI:
 
     def _file(self, data: bytes, purpose: str, name: str) -> dict:
         fid = f"file-{len(self.files) + 1:03d}"
-        self.files[fid] = (data, purpose, name)
+        if self.store is not None:
+            (self.store / fid).write_bytes(data)
+        self.files[fid] = (b"" if self.store else data, purpose, name)
         return {
             "id": fid,
             "object": "file",
@@ -88,9 +93,13 @@ class FakeBatchAPI:
 
     async def content(self, request: web.Request) -> web.Response:
         self.calls["files.content"] += 1
-        return web.Response(
-            body=self.files[request.match_info["fid"]][0], content_type="application/octet-stream"
-        )
+        fid = request.match_info["fid"]
+        if self.store is not None:
+            return web.FileResponse(self.store / fid, headers={"Content-Type": "application/octet-stream"})
+        return web.Response(body=self.files[fid][0], content_type="application/octet-stream")
+
+    def _data(self, fid: str) -> bytes:
+        return (self.store / fid).read_bytes() if self.store is not None else self.files[fid][0]
 
     async def create(self, request: web.Request) -> web.Response:
         self.calls["batches.create"] += 1
@@ -101,7 +110,7 @@ class FakeBatchAPI:
             return self._error(400, "Invalid value: completion_window must be '24h'.", "completion_window")
         if body.get("input_file_id") not in self.files:
             return self._error(404, f"No such File object: {body.get('input_file_id')}", "input_file_id")
-        data = self.files[body["input_file_id"]][0]
+        data = self._data(body["input_file_id"])
         if len(data) > self.max_file_bytes:
             return self._error(400, "File is too large.", None, None)
         lines = []
@@ -131,7 +140,7 @@ class FakeBatchAPI:
         }
         self.batches[bid] = {
             "obj": b,
-            "lines": lines,
+            "lines": None if self.store else lines,  # with a store: read again from the input file when done
             "polls": 0,
             "rounds": [self.submissions[x.get("custom_id")] if isinstance(x, dict) else 0 for x in lines],
             "tokens": sum(
@@ -198,7 +207,10 @@ class FakeBatchAPI:
             }
             return
         out, err, expired = [], [], False
-        for line, n in zip(st["lines"], st["rounds"], strict=True):
+        lines = st["lines"]
+        if lines is None:
+            lines = [json.loads(x) for x in self._data(b["input_file_id"]).decode().splitlines() if x.strip()]
+        for line, n in zip(lines, st["rounds"], strict=True):
             cid, body = line["custom_id"], line["body"]
             if self.provider and (refusal := self._request_error(cid, body, b["endpoint"])) is not None:
                 err.append(refusal)
@@ -256,7 +268,7 @@ class FakeBatchAPI:
                     }
                 )
         b["status"] = "expired" if expired else "completed"
-        b["request_counts"] = {"total": len(st["lines"]), "completed": len(out), "failed": len(err)}
+        b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
         if out:
             b["output_file_id"] = self._file(
                 "".join(json.dumps(x) + "\n" for x in out).encode(), "batch_output", "out.jsonl"

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class DataError(ValueError):
@@ -33,20 +33,28 @@ FILE_MODE = (
 )  # what open() gives a new file: atomic writes get the same mode, not mkstemp's 0600
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[IO[str]]:
+    """A text file that replaces `path` (temp file + fsync + rename) only when the block ends without an error, so a
+    large artifact is written piece by piece and a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -62,9 +70,17 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write a whole JSON Lines file atomically."""
-    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-    _atomic_write_text(Path(path), text)
+    """Write a whole JSON Lines file atomically (rows are encoded and written in blocks: any number of them)."""
+    with atomic_writer(path) as f:
+        block: list[str] = []
+        size = 0
+        for r in rows:
+            block.append(line := json.dumps(r, ensure_ascii=False, default=str) + "\n")
+            size += len(line)
+            if size >= 1 << 22:  # ~4 MB at a time
+                f.write("".join(block))
+                block, size = [], 0
+        f.write("".join(block))
     return Path(path)
 
 
@@ -91,20 +107,19 @@ def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
-                return
-            raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-        yield i, obj
+    with open(path, encoding="utf-8") as f:  # line by line: a file of any size
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if tolerate_torn_tail and not line.endswith("\n"):  # only the last line can lack its newline
+                    return
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            yield i, obj
 
 
 def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> list[dict]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -183,7 +184,9 @@ class LLM:
 
     def prefetch(self, requests: Iterable[ChatRequest], desc: str = "") -> bool:
         """Backend "batch": submit the uncached requests to the provider's Batch API and wait for them (at most
-        batch.max_wait_s); replies land in the cache. True when none is still running. Backend "chat": True."""
+        batch.max_wait_s); replies land in the cache. True when none is still running. Backend "chat": True.
+
+        The requests are taken batch.max_requests_per_job at a time (an iterator of 2M is never held at once)."""
         if self.cfg.backend != "batch":
             return True
         if self._batch is None:
@@ -197,7 +200,9 @@ class LLM:
                 self.stage,
                 shaper=self.shaper,
             )
-        self._batch.submit(list(requests), desc)
+        it = iter(requests)
+        while part := list(itertools.islice(it, self.cfg.batch.max_requests_per_job)):
+            self._batch.submit(part, desc)
         self._batch.wait()
         return not self._batch.unfinished()
 

@@ -38,6 +38,7 @@ import numpy as np
 from mathscale_utils.core.artifacts import CompositionRow, RunDir
 from mathscale_utils.core.io import read_jsonl, write_json, write_jsonl
 from mathscale_utils.core.method_config import ComposeConfig
+from mathscale_utils.method.composition_file import write_walk
 from mathscale_utils.method.graph import EDGE_KINDS, KP, TOPIC, nodes_of_type
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -535,9 +536,13 @@ def compose(G: nx.Graph | WalkGraph, config: ComposeConfig | None = None, seed: 
 def write_compositions(comps: Compositions | Iterable[dict], run_dir: str | Path) -> Path:
     """Write ``compositions.jsonl`` (atomically) and, for a :class:`Compositions`, ``compositions_stats.json``."""
     run = RunDir(run_dir)
-    path = write_jsonl(run.compositions, iter(comps))
-    if isinstance(comps, Compositions):
-        write_json(run.compositions_stats, comps.stats)
+    if not isinstance(comps, Compositions):
+        return write_jsonl(run.compositions, iter(comps))
+    wg = comps.wg
+    path = write_walk(
+        run.compositions, comps.topics, comps.kps, comps.start, comps.epoch, wg.topic_labels, wg.kp_labels
+    )
+    write_json(run.compositions_stats, comps.stats)
     return path
 
 

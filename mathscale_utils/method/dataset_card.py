@@ -3,19 +3,21 @@ removed questions, generate_summary.json and dataset_card.md. Statistics for the
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.artifacts import RunDir, stage
-from mathscale_utils.core.io import DataError, read_json, write_json, write_jsonl, write_text
+from mathscale_utils.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl, write_text
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import GenerateConfig
-from mathscale_utils.method.filters import Assembly, funnel_adds_up
+from mathscale_utils.method.filters import AssembledRows, Assembly, funnel_adds_up
 from mathscale_utils.method.reply_format import PROMPT, RETRY, template_hash
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -23,15 +25,50 @@ from mathscale_utils.method.reply_format import PROMPT, RETRY, template_hash
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def export_hf(rows: Sequence[dict], path: str | Path) -> Path:
-    """Save a Hugging Face datasets copy (``datasets.load_from_disk(path)``), replacing any previous one."""
+def _features():
+    """The schema of mathscaleqa.jsonl rows for the Hugging Face copy (given, not inferred from a first block)."""
+    from datasets import Features, Sequence, Value
+
+    text = Value("string")
+    return Features(
+        {
+            "id": text,
+            "question": text,
+            "solution": text,
+            "answer": text,
+            "topics": Sequence(text),
+            "knowledge_points": Sequence(text),
+            "composition_id": text,
+            "teacher_model": text,
+            "prompt_hash": text,
+            "source": text,
+            "check_agrees": Value("bool"),
+        }
+    )
+
+
+def export_hf(rows: Iterable[dict], path: str | Path) -> Path:
+    """Save a Hugging Face datasets copy (``datasets.load_from_disk(path)``), replacing any previous one. The rows
+    are streamed into an Arrow file a block at a time (never held as a list), which datasets then saves."""
+    import tempfile
+
     import datasets
+    import pyarrow as pa
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    datasets.Dataset.from_list(list(rows)).save_to_disk(str(tmp))
+    schema = _features().arrow_schema
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".hf-build-") as build:
+        arrow = Path(build) / "rows.arrow"
+        with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            it = iter(rows)
+            while block := list(itertools.islice(it, 10_000)):
+                writer.write_table(pa.Table.from_pylist(block, schema=schema))
+        ds = datasets.Dataset.from_file(str(arrow))  # memory-mapped
+        ds.save_to_disk(str(tmp))
+        del ds
     old = path.with_name(path.name + ".old")
     if path.exists():
         if old.exists():
@@ -86,16 +123,44 @@ def verification_line(v: dict[str, Any]) -> str:
     )
 
 
+_GROUP = {True: 0, None: 1, False: 2}  # check_agrees -> the order pairs are shown in: verified first
+
+
+def _pick(groups: Sequence[Sequence[int]], n: int, seed: int) -> list[int]:
+    """Positions of ``n`` pairs: a seeded sample of the first group, then of the next while too few."""
+    rng = random.Random(seed)
+    picks: list[int] = []
+    for g in groups:
+        picks += rng.sample(g, min(n - len(picks), len(g)))
+    return picks
+
+
+def _groups(rows: Iterable[dict]) -> list[array]:
+    """Positions of the generated rows by their verification (verified, unverified, disagreeing)."""
+    groups = [array("q"), array("q"), array("q")]
+    for i, r in enumerate(rows):
+        if r.get("source") == "generated":
+            groups[_GROUP[r.get("check_agrees")]].append(i)
+    return groups
+
+
 def pairs_to_show(rows: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
     """``n`` generated pairs to show, verified ones first (a seeded sample within each group), so that the first
-    example a reader sees is one whose answer was checked whenever any was."""
-    gen = [r for r in rows if r.get("source") == "generated"]
-    rng = random.Random(seed)
-    groups = [[r for r in gen if r.get("check_agrees") is want] for want in (True, None, False)]
-    out: list[dict] = []
-    for g in groups:
-        out += rng.sample(g, min(n - len(out), len(g)))
-    return out
+    example a reader sees is one whose answer was checked whenever any was. Positions are sampled and only the rows
+    shown are read: a stage's training set with no answer check (every pair unverified) is not read at all."""
+    if isinstance(rows, AssembledRows) and rows.checks is None:  # generated rows first, all unverified
+        groups: list[Sequence[int]] = [[], range(rows.n_generated), []]
+    else:
+        groups = _groups(rows)
+    return [rows[i] for i in _pick(groups, n, seed)]
+
+
+def pairs_in_file(path: str | Path, n: int, seed: int = 0) -> list[dict]:
+    """pairs_to_show for a mathscaleqa.jsonl on disk, in two passes that hold only positions (a notebook at 2M rows)."""
+    picks = _pick(_groups(r for _, r in iter_jsonl(path)), n, seed)
+    want = {p: k for k, p in enumerate(picks)}
+    got = {want[i]: r for i, (_, r) in enumerate(iter_jsonl(path)) if i in want}
+    return [got[k] for k in range(len(picks))]
 
 
 def check_label(row: dict) -> str:
@@ -113,7 +178,7 @@ def build_summary(
     run_dir: Path,
     extra: dict | None = None,
 ) -> dict:
-    gen = sum(r["source"] == "generated" for r in asm.rows)
+    gen = asm.n_generated
     return {
         "counts": {"generated_kept": gen, "seed_rows": asm.n_seed_rows, "total_rows": len(asm.rows)},
         "funnel": [{"step": s, "kept": k, "removed": r} for s, k, r in asm.funnel],
@@ -271,6 +336,21 @@ def dataset_card(
     return "\n".join(out) + "\n"
 
 
+def sample_jsonl(path: str | Path, k: int, seed: int = 0) -> tuple[int, list[dict]]:
+    """(rows in the file, a uniform random sample of k of them in file order), in one pass holding only the sample
+    (reservoir sampling): what a notebook shows of a 2M-row file."""
+    rng = random.Random(seed)
+    keep: list[tuple[int, dict]] = []
+    n = 0
+    for _, r in iter_jsonl(path):
+        if len(keep) < k:
+            keep.append((n, r))
+        elif (j := rng.randrange(n + 1)) < k:
+            keep[j] = (n, r)
+        n += 1
+    return n, [r for _, r in sorted(keep, key=lambda x: x[0])]
+
+
 def batch_summary(run_dir: str | Path) -> dict:
     """{"batch": {usage, jobs}} from batches/state.json when the Batch API was used, else {}."""
     path = RunDir(run_dir).batches / STAGE / "state.json"
@@ -311,6 +391,7 @@ def export(
 __all__ = [
     "verification",
     "verification_line",
+    "pairs_in_file",
     "pairs_to_show",
     "check_label",
     "export",
@@ -318,4 +399,5 @@ __all__ = [
     "build_summary",
     "batch_summary",
     "dataset_card",
+    "sample_jsonl",
 ]

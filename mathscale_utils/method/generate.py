@@ -53,20 +53,22 @@ The settings and file names are in :mod:`mathscale_utils.generate_config`, the p
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mathscale_utils.core.artifacts import CompositionRow, ConceptRow, GeneratedRow, RunDir, stage
+from mathscale_utils.core.artifacts import ConceptRow, GeneratedRow, RunDir, stage
 from mathscale_utils.core.io import DataError, read_json, read_jsonl, write_json, write_jsonl
 from mathscale_utils.core.llm_config import LLMConfig
 from mathscale_utils.core.method_config import GenerateConfig
 from mathscale_utils.inference.chat import ChatRequest, ChatResult, Unusable, ask_validated
 from mathscale_utils.inference.llm import LLM
+from mathscale_utils.method.composition_file import CompositionTable
 from mathscale_utils.method.reply_format import (
     CHECK_PROMPT,
     EXAMPLE,
@@ -82,6 +84,7 @@ from mathscale_utils.method.reply_format import (
     seed_solution,
     template_hash,
 )
+from mathscale_utils.method.shards import RawRows, load_raw, shard_status
 
 STAGE = stage("03").label
 
@@ -90,29 +93,20 @@ STAGE = stage("03").label
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_inputs(run_dir: str | Path) -> tuple[list[ConceptRow], list[CompositionRow]]:
-    """(seed rows from concepts.jsonl, compositions from compositions.jsonl); clear errors when a stage is missing."""
+def load_inputs(run_dir: str | Path) -> tuple[list[ConceptRow], CompositionTable]:
+    """(seed rows from concepts.jsonl, compositions from compositions.jsonl as a compact table: 2M of them as dicts
+    would take ~2 GB); clear errors when a stage is missing or a line is malformed."""
     run = RunDir(run_dir)
     for path, sid in ((run.concepts, "01"), (run.compositions, "02")):
         if not path.exists():
             raise DataError(f"{path}: file not found; run stage {sid} first")
     seeds: list = read_jsonl(run.concepts)
-    comps: list = read_jsonl(run.compositions)
-    for i, c in enumerate(comps, start=1):
-        if (
-            "id" not in c
-            or not isinstance(c.get("knowledge_points"), list)
-            or not isinstance(c.get("topics"), list)
-        ):
-            raise DataError(
-                f"{run.compositions}:{i}: expected keys id, topics (list), knowledge_points (list)"
-            )
-    return seeds, comps
+    return seeds, CompositionTable.read(run.compositions)
 
 
-def select_compositions(comps: Sequence[dict], cfg: GenerateConfig) -> list[dict]:
+def select_compositions(comps: Sequence[dict], cfg: GenerateConfig) -> Sequence[dict]:
     """The first n_questions compositions (file order is the walk's order, so a larger n extends a smaller one)."""
-    return list(comps if cfg.n_questions is None else comps[: cfg.n_questions])
+    return comps if cfg.n_questions is None else comps[: cfg.n_questions]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,6 +150,17 @@ class FewShotIndex:
                 postings[j].append(i)
         self.vocab = vocab
         self.postings = [np.asarray(p, dtype=np.int32) for p in postings]
+        self.sizes_list = self.sizes.tolist()
+        self._shown: dict[
+            int, tuple[str, str]
+        ] = {}  # seed index -> (question, solution) as a prompt shows them
+
+    def example(self, i: int) -> tuple[str, str]:
+        """Seed i's question and solution as a prompt shows them (worked out once: 2M prompts show ~20K seeds)."""
+        if i not in self._shown:
+            s = self.seeds[i]
+            self._shown[i] = (s["question"].strip(), seed_solution(s))
+        return self._shown[i]
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -169,13 +174,26 @@ class FewShotIndex:
         comp = set(kps)
         cols = [self.postings[self.vocab[x]] for x in comp if x in self.vocab]
         chosen: list[tuple[int, float]] = []
-        if cols:
-            inter = np.bincount(np.concatenate(cols), minlength=n)
-            cand = np.flatnonzero(inter)
-            dist = 1.0 - inter[cand] / (len(comp) + self.sizes[cand] - inter[cand])
-            ties = rng.random(len(cand))
-            order = np.lexsort((ties, dist))[:k]
-            chosen = [(int(cand[o]), float(dist[o])) for o in order]
+        if cols:  # seeds sharing a KP (ascending) and how many they share
+            both = np.concatenate(cols)
+            if len(both) <= 256:  # few: plain Python is faster than numpy's fixed costs (the same floats)
+                count: dict[int, int] = {}
+                for i in both.tolist():
+                    count[i] = count.get(i, 0) + 1
+                items, sizes, m = sorted(count.items()), self.sizes_list, len(comp)
+                ties = rng.random(len(items)).tolist()
+                scored = [
+                    (1.0 - c / (m + sizes[i] - c), t, j)
+                    for j, ((i, c), t) in enumerate(zip(items, ties, strict=True))
+                ]
+                chosen = [(items[j][0], d) for d, _, j in heapq.nsmallest(k, scored)]  # (dist, tie), stable
+            else:
+                inter = np.bincount(both, minlength=n)
+                cand = np.flatnonzero(inter)
+                dist = 1.0 - inter[cand] / (len(comp) + self.sizes[cand] - inter[cand])
+                ties = rng.random(len(cand))
+                order = np.lexsort((ties, dist))[:k]
+                chosen = [(int(cand[o]), float(dist[o])) for o in order]
         if len(chosen) < k:  # everything else is at distance 1: fill at random
             taken = {i for i, _ in chosen}
             rest = np.setdiff1d(np.arange(n), np.fromiter(taken, dtype=np.int64, count=len(taken)))
@@ -202,11 +220,14 @@ def _bullets(items: Sequence[str]) -> str:
 
 
 def build_prompt(comp: dict, shots: Sequence[dict]) -> str:
+    return _prompt(comp, [(s["question"].strip(), seed_solution(s)) for s in shots])
+
+
+def _prompt(comp: dict, shown: Sequence[tuple[str, str]]) -> str:
     examples = ""
-    if shots:
+    if shown:
         examples = EXAMPLES_HEADER + "".join(
-            EXAMPLE.format(i=i, question=s["question"].strip(), solution=seed_solution(s))
-            for i, s in enumerate(shots, 1)
+            EXAMPLE.format(i=i, question=q, solution=sol) for i, (q, sol) in enumerate(shown, 1)
         )
     return PROMPT.format(
         examples=examples,
@@ -227,8 +248,9 @@ class Planned:
 
 def plan_request(comp: dict, index: FewShotIndex, cfg: GenerateConfig, seed: int) -> Planned:
     """Composition -> few-shot seeds -> prompt -> ChatRequest (deterministic for a given run seed)."""
-    shots = index.choose(comp["knowledge_points"], cfg.shots, composition_rng(seed, str(comp["id"])))
-    prompt = build_prompt(comp, shots)
+    near = index.nearest(comp["knowledge_points"], cfg.shots, composition_rng(seed, str(comp["id"])))
+    shots = [index.seeds[i] for i, _ in near]
+    prompt = _prompt(comp, [index.example(i) for i, _ in near])
     req = ChatRequest(
         messages=[{"role": "user", "content": prompt}],
         temperature=cfg.temperature,
@@ -364,24 +386,6 @@ def generate_shard(
     return rows
 
 
-def shard_status(run_dir: str | Path, n_shards: int, fps: Sequence[str], sizes: Sequence[int]) -> list[bool]:
-    """Which shards are finished: file present, same fingerprint, all rows, no transport error."""
-    run, done = RunDir(run_dir), []
-    for i in range(n_shards):
-        path = run.shard(i)
-        ok = False
-        if path.exists():
-            try:
-                rows = read_jsonl(path)
-                ok = len(rows) == sizes[i] and all(
-                    r.get("shard_fp") == fps[i] and r.get("status") != "error" for r in rows
-                )
-            except DataError:
-                ok = False
-        done.append(ok)
-    return done
-
-
 def generate_shards(
     run_dir: str | Path,
     comps: Sequence[dict],
@@ -390,84 +394,89 @@ def generate_shards(
     cfg: GenerateConfig,
     seed: int = 0,
     log: Any = print,
-) -> list[dict]:
-    """Generate (or resume) every composition, shard by shard; returns the raw rows in composition order.
+) -> RawRows:
+    """Generate (or resume) every composition, shard by shard; returns the raw rows in composition order (read
+    from the shard files, see RawRows).
 
     With the Batch API backend (``llm.backend: batch``), the first requests of every unfinished shard (and then
-    their retries) go through the provider's Batch API first, all in as few jobs as possible; the shard loop below
-    then finds them in the cache (requests the Batch API gave up on after batch.max_rounds go out as live calls).
-    While jobs are still running after batch.max_wait_s, only the finished shards are returned and no live call is
-    made."""
+    their retries) go through the provider's Batch API first, built and submitted in bounded chunks (a run of 2M
+    never holds them all); the shard loop below then finds them in the cache (requests the Batch API gave up on
+    after batch.max_rounds go out as live calls). While jobs are still running after batch.max_wait_s, only the
+    finished shards are returned and no live call is made. The manifest remembers the shards whose Batch API
+    work is done (``batch_collected``: their fingerprints), so a resumed run goes straight to their shard loop."""
     run = RunDir(run_dir)
     sfp = seeds_fingerprint(index)
-    shards = [list(comps[i : i + cfg.shard_size]) for i in range(0, len(comps), cfg.shard_size)]
-    fps = [_fingerprint(cfg, llm.cfg.model, seed, sfp, s) for s in shards]
-    done = shard_status(run, len(shards), fps, [len(s) for s in shards])
-    write_json(
-        run.generation_manifest, {"n_shards": len(shards), "shard_size": cfg.shard_size, "fingerprints": fps}
-    )
+    bounds = [(a, min(a + cfg.shard_size, len(comps))) for a in range(0, len(comps), cfg.shard_size)]
+    fps = [_fingerprint(cfg, llm.cfg.model, seed, sfp, comps[a:b]) for a, b in bounds]
+    sizes = [b - a for a, b in bounds]
+    done = shard_status(run, len(bounds), fps, sizes)
+    old = read_json(run.generation_manifest) if run.generation_manifest.exists() else {}
+    collected = set(old.get("batch_collected", [])) & set(
+        fps
+    )  # shards whose Batch API work is all in the cache
+    man = {"n_shards": len(bounds), "shard_size": cfg.shard_size, "fingerprints": fps}
+    write_json(run.generation_manifest, {**man, "batch_collected": sorted(collected)})
     if any(done):
-        log(f"resuming: {sum(done)} of {len(shards)} shard(s) already done")
-    todo = [shards[i] for i in range(len(shards)) if not done[i]]
-    if todo and not _prefetch(todo, index, llm, cfg, seed, log):
+        log(f"resuming: {sum(done)} of {len(bounds)} shard(s) already done")
+    todo = [i for i, d in enumerate(done) if not d and fps[i] not in collected]
+    if todo and not _prefetch([comps[slice(*bounds[i])] for i in todo], index, llm, cfg, seed, log):
         log(
             f"Batch API jobs are still running (see {llm.batch_dir}): run this stage again later to collect them"
         )
-        return [r for i in range(len(shards)) if done[i] for r in read_jsonl(run.shard(i))]
-    out: list[dict] = []
-    for i, shard in enumerate(shards):
-        if done[i]:
-            out.extend(read_jsonl(run.shard(i)))
-            continue
-        if llm.ledger.budget_exhausted:
-            log(f"budget exhausted: stopping before shard {i}")
-            break
-        planned = [plan_request(c, index, cfg, seed) for c in shard]  # prompts exist one shard at a time
-        rows = generate_shard(planned, llm, cfg, i, fps[i])
-        write_jsonl(run.shard(i), rows)
-        out.extend(rows)
-        n_ok = sum(r["status"] == "ok" for r in rows)
-        log(f"shard {i + 1}/{len(shards)}: {n_ok}/{len(rows)} usable")
-    return out
+        return RawRows(
+            run, [i for i, d in enumerate(done) if d], [s for s, d in zip(sizes, done, strict=True) if d]
+        )
+    if (
+        todo and llm.cfg.backend == "batch"
+    ):  # a resumed run need not build these requests again to find them cached
+        collected |= {fps[i] for i in todo}
+        write_json(run.generation_manifest, {**man, "batch_collected": sorted(collected)})
+    finished = []
+    for i, (a, b) in enumerate(bounds):
+        if not done[i]:
+            if llm.ledger.budget_exhausted:
+                log(f"budget exhausted: stopping before shard {i}")
+                break
+            planned = [plan_request(c, index, cfg, seed) for c in comps[a:b]]  # one shard's prompts at a time
+            rows = generate_shard(planned, llm, cfg, i, fps[i])
+            write_jsonl(run.shard(i), rows)
+            n_ok = sum(r["status"] == "ok" for r in rows)
+            log(f"shard {i + 1}/{len(bounds)}: {n_ok}/{len(rows)} usable")
+        finished.append(i)
+    return RawRows(run, finished, [sizes[i] for i in finished])
+
+
+def first_requests(shards: Iterable[Sequence[dict]], index: FewShotIndex, cfg: GenerateConfig, seed: int):
+    """The first request of every composition of the shards, made one at a time (for the Batch API)."""
+    for shard in shards:
+        for c in shard:
+            yield plan_request(c, index, cfg, seed).request
+
+
+def retry_requests(
+    shards: Iterable[Sequence[dict]], index: FewShotIndex, llm: LLM, cfg: GenerateConfig, seed: int
+) -> Iterator[ChatRequest]:
+    """The retries the cached first replies need (what the shard loop will ask), made one at a time."""
+    for req in first_requests(shards, index, cfg, seed):
+        hit = llm.cache.get(req.key(llm.model_id))
+        parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
+        if parsed is not None and not parsed.ok:
+            yield retry_request(req, hit.text, parsed.reason or "", cfg)
 
 
 def _prefetch(
     shards: Sequence[Sequence[dict]], index: FewShotIndex, llm: LLM, cfg: GenerateConfig, seed: int, log: Any
 ) -> bool:
     """Batch API backend: all first requests, then the retries their replies need, each as one submission (the
-    client cuts them into jobs); every reply lands in the LLM cache. Returns False while jobs are unfinished (after
-    batch.max_wait_s). Nothing to do, and True, for the live backend."""
+    client takes them in bounded chunks and cuts them into jobs); every reply lands in the LLM cache. Returns False
+    while jobs are unfinished (after batch.max_wait_s). Nothing to do, and True, for the live backend."""
     if llm.cfg.backend != "batch":
         return True
-    first = [plan_request(c, index, cfg, seed).request for s in shards for c in s]
-    log(f"batch: {len(first)} first request(s); waiting for the Batch API")
-    if not llm.prefetch(first, "first requests"):
+    n = sum(len(s) for s in shards)
+    log(f"batch: {n} first request(s); waiting for the Batch API")
+    if not llm.prefetch(first_requests(shards, index, cfg, seed), "first requests"):
         return False
-    retries = []
-    for req in first:
-        hit = llm.cache.get(req.key(llm.model_id))
-        parsed = parse_generation(hit.text, hit.finish_reason) if hit is not None else None
-        if parsed is not None and not parsed.ok:
-            retries.append(retry_request(req, hit.text, parsed.reason or "", cfg))
-    if retries:
-        log(f"batch: {len(retries)} retry request(s); waiting for the Batch API")
-    return llm.prefetch(retries, "retries")
-
-
-def load_raw(run_dir: str | Path) -> list[dict]:
-    """The rows of the current run's shards written so far, in shard order (generation/manifest.json says which
-    shard files belong to the current settings; files left by other settings are ignored)."""
-    run = RunDir(run_dir)
-    man = read_json(run.generation_manifest) if run.generation_manifest.exists() else None
-    if man is None:
-        files = sorted(run.generation.glob("shard-*.jsonl"))
-        return [r for f in files for r in read_jsonl(f)]
-    out = []
-    for i, fp in enumerate(man["fingerprints"]):
-        f = run.shard(i)
-        if f.exists():
-            out += [r for r in read_jsonl(f) if r.get("shard_fp") == fp]
-    return out
+    return llm.prefetch(retry_requests(shards, index, llm, cfg, seed), "retries")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -540,6 +549,9 @@ __all__ = [
     "generate_shard",
     "shard_status",
     "load_raw",
+    "RawRows",
+    "first_requests",
+    "retry_requests",
     "estimate_cost",
     "mean_prompt_chars",
 ]

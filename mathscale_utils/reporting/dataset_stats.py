@@ -4,7 +4,7 @@ difficulty proxies (question length, KPs per question, solution steps), generate
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mathscale_utils.core.artifacts import RunDir
@@ -26,13 +26,18 @@ def graph_vocabulary(run_dir: str | Path, seeds: Sequence[dict] | None = None) -
     }
 
 
-def coverage(rows: Sequence[dict], topics: set[str], kps: set[str]) -> dict:
-    """Share of the graph's topics and KPs that at least one generated question uses."""
-    gen = [r for r in rows if r.get("source", "generated") == "generated"]
-    used_t = {t for r in gen for t in r["topics"]} & topics
-    used_k = {k for r in gen for k in r["knowledge_points"]} & kps
+def coverage(rows: Iterable[dict], topics: set[str], kps: set[str]) -> dict:
+    """Share of the graph's topics and KPs that at least one generated question uses (one pass: rows may stream)."""
+    n, used_t, used_k = 0, set(), set()
+    for r in rows:
+        if r.get("source", "generated") == "generated":
+            n += 1
+            used_t.update(r["topics"])
+            used_k.update(r["knowledge_points"])
+    used_t &= topics
+    used_k &= kps
     return {
-        "generated_questions": len(gen),
+        "generated_questions": n,
         "graph_topics": len(topics),
         "topics_used": len(used_t),
         "topic_coverage": round(len(used_t) / len(topics), 4) if topics else None,

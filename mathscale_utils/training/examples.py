@@ -5,12 +5,17 @@ from the response positions' logits alone. The train / held-out split and the tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mathscale_utils.core.artifacts import RunDir
+from mathscale_utils.core.io import iter_jsonl
 from mathscale_utils.core.params import resolve_path
 from mathscale_utils.core.student_config import FinetuneConfig
 from mathscale_utils.core.templates import alpaca_prompt
@@ -134,12 +139,126 @@ def response_loss(outputs, labels, num_items_in_batch=None):
     return loss / (n.to(loss.device) if torch.is_tensor(n) else n)
 
 
+def _usable(r: dict) -> bool:
+    return bool(str(r.get("question", "")).strip() and str(r.get("solution", "")).strip())
+
+
 def split_rows(rows: list[dict], cfg: FinetuneConfig) -> tuple[list[dict], list[dict]]:
     """(train, held-out): usable rows shuffled by seed; the first eval_holdout are held out, max_examples caps train."""
-    rows = [r for r in rows if str(r.get("question", "")).strip() and str(r.get("solution", "")).strip()]
+    rows = [r for r in rows if _usable(r)]
     random.Random(cfg.seed).shuffle(rows)
     held, train = rows[: cfg.eval_holdout], rows[cfg.eval_holdout :]
     return (train[: cfg.max_examples] if cfg.max_examples else train), held
+
+
+def split_positions(usable: list[int], cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
+    """split_rows on row positions: shuffling the list of usable positions permutes it exactly as shuffling the
+    rows would (the shuffle depends only on the length and the seed), so the same rows come out, in the same order."""
+    usable = list(usable)
+    random.Random(cfg.seed).shuffle(usable)
+    held, train = usable[: cfg.eval_holdout], usable[cfg.eval_holdout :]
+    return (train[: cfg.max_examples] if cfg.max_examples else train), held
+
+
+def sample_rows(path: str | Path, cfg: FinetuneConfig, k: int) -> tuple[int, list[dict], list[dict]]:
+    """(usable rows in the file, up to k training rows, the held-out rows) for a notebook: the split of split_rows,
+    with only the rows shown read back (two passes over the file, none of it held)."""
+    usable = [i for i, (_, r) in enumerate(iter_jsonl(path)) if _usable(r)]
+    train, held = split_positions(usable, cfg)
+    want = {p: n for n, p in enumerate(train[:k])} | {p: k + n for n, p in enumerate(held)}
+    got: dict[int, dict] = {}
+    for i, (_, r) in enumerate(iter_jsonl(path)):
+        if i in want:
+            got[want[i]] = r
+    return len(usable), [got[n] for n in range(min(k, len(train)))], [got[k + n] for n in range(len(held))]
+
+
+@dataclass
+class TrainSet:
+    """Stage 04's training examples as a memory-mapped ``datasets.Dataset`` (input_ids, labels), in split_rows'
+    order, and what the training card says about them."""
+
+    dataset: Any
+    n_examples: int
+    n_truncated: int
+
+
+_ROWS_SCHEMA = {"question": "string", "solution": "string"}
+
+
+def _rows_arrow(path: Path, out: Path) -> list[int]:
+    """Every row's question and solution into an Arrow file (a block at a time); returns the usable positions."""
+    import pyarrow as pa
+
+    schema = pa.schema([(k, getattr(pa, v)()) for k, v in _ROWS_SCHEMA.items()])
+    usable, block = [], []
+    tmp = out.with_name(out.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for i, (_, r) in enumerate(iter_jsonl(path)):
+            if _usable(r):
+                usable.append(i)
+            block.append({"question": str(r.get("question") or ""), "solution": str(r.get("solution") or "")})
+            if len(block) == 10_000:
+                writer.write_table(pa.Table.from_pylist(block, schema=schema))
+                block = []
+        writer.write_table(pa.Table.from_pylist(block, schema=schema))
+    tmp.replace(out)
+    return usable
+
+
+def _encode_batch(batch: dict, tok, max_length: int, fmt: str) -> dict:
+    """encode_example for a batch of rows (the tokenizer encodes each text on its own: the same ids)."""
+    prompts = tok([render_prompt(tok, q, fmt) for q in batch["question"]], add_special_tokens=fmt == "alpaca")
+    sep = RESPONSE_SEP if fmt == "alpaca" else ""
+    resp = tok([sep + s for s in batch["solution"]], add_special_tokens=False)
+    out: dict[str, list] = {"input_ids": [], "labels": [], "n_tokens": []}
+    for p, r in zip(prompts["input_ids"], resp["input_ids"], strict=True):
+        r = [*r, tok.eos_token_id]
+        out["input_ids"].append((p + r)[:max_length])
+        out["labels"].append(([-100] * len(p) + r)[:max_length])
+        out["n_tokens"].append(len(p) + len(r))
+    return out
+
+
+def training_set(
+    cfg: FinetuneConfig, path: str | Path, data_sha: str, tok, cache_dir: str | Path
+) -> TrainSet:
+    """The training rows of `path` (split_rows' choice and order) tokenised by encode_example, as Arrow files
+    under cache_dir/<data sha>/ that are memory-mapped, not lists: 2M rows take a few GB on disk and little memory.
+    Made once; every later call (another rank, a resumed run) with the same data and settings reuses them."""
+    import datasets
+
+    path = Path(path)
+    where = Path(cache_dir) / data_sha[:16]
+    where.mkdir(parents=True, exist_ok=True)
+    rows_file, usable_file = where / "rows.arrow", where / "usable.npy"
+    if not (rows_file.exists() and usable_file.exists()):
+        usable = _rows_arrow(path, rows_file)
+        np.save(usable_file.with_name("usable.tmp.npy"), np.asarray(usable, dtype=np.int64))
+        usable_file.with_name("usable.tmp.npy").replace(usable_file)
+    train, _ = split_positions(np.load(usable_file).tolist(), cfg)
+    settings = [
+        cfg.base_model,
+        cfg.prompt_format,
+        cfg.max_length,
+        cfg.seed,
+        cfg.eval_holdout,
+        cfg.max_examples,
+    ]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+    ds = datasets.Dataset.from_file(str(rows_file)).select(train)
+    ds = ds.map(
+        _encode_batch,
+        batched=True,
+        remove_columns=list(_ROWS_SCHEMA),
+        fn_kwargs={"tok": tok, "max_length": cfg.max_length, "fmt": cfg.prompt_format},
+        cache_file_name=str(where / f"tokens-{key}.arrow"),
+        new_fingerprint=key,
+        desc="tokenising",
+    )
+    n_tokens = ds.with_format("numpy", columns=["n_tokens"])["n_tokens"]
+    n_truncated = int((np.asarray(n_tokens) > cfg.max_length).sum()) if len(ds) else 0
+    return TrainSet(ds.remove_columns("n_tokens"), len(ds), n_truncated)
 
 
 def train_file(cfg: FinetuneConfig, run_dir: str | Path) -> Path:

@@ -55,11 +55,10 @@ from mathscale_utils.core.io import (
 from mathscale_utils.core.student_config import FinetuneConfig
 from mathscale_utils.inference.weights import base_path, clear_gguf_quant_flags
 from mathscale_utils.training.examples import (
-    encode_example,
     make_collator,
     response_loss,
-    split_rows,
     train_file,
+    training_set,
 )
 from mathscale_utils.training.launch import launch
 from mathscale_utils.training.resume import checkpoint, finished_card, resume_key, start_or_resume, superseded
@@ -178,6 +177,13 @@ def _ckpt_arg() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
+def tokenized_cache() -> Path:
+    """Where training_set keeps the tokenised training data: the datasets cache (HF_DATASETS_CACHE)."""
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "mathscale_train"
+
+
 def peak_memory_gib() -> float:
     """Peak GPU memory allocated, or on CPU the process's peak RSS (includes everything it loaded before)."""
     import torch
@@ -222,8 +228,9 @@ def training_args(cfg: FinetuneConfig, run: RunDir):
     )
 
 
-def build_trainer(cfg: FinetuneConfig, args, examples: list[dict], model, tok, callbacks: list):
-    """The Trainer for cfg over encoded examples (one dataset item = one example, packed or not)."""
+def build_trainer(cfg: FinetuneConfig, args, examples, model, tok, callbacks: list):
+    """The Trainer for cfg over encoded examples (a list or a datasets.Dataset of {input_ids, labels}; one item =
+    one example, packed or not)."""
     from transformers import Trainer
 
     return Trainer(
@@ -277,9 +284,6 @@ def train_here(
     run = RunDir(run_dir)
     data_path = train_file(cfg, run.root)
     data_sha = sha256_file(data_path)
-    train_rows, _ = split_rows(read_jsonl(data_path), cfg)
-    if not train_rows:
-        raise ValueError(f"{data_path}: no rows with a question and a solution left for training")
     args = training_args(cfg, run)
     state = PartialState()
     if args.world_size != cfg.num_processes:
@@ -291,10 +295,10 @@ def train_here(
     with state.main_process_first():
         base_path(cfg.base_model)  # an embedded model is materialised once, by rank 0
     model, tok = prepare_model(cfg)
-    examples = [
-        encode_example(tok, r["question"], r["solution"], cfg.max_length, cfg.prompt_format)
-        for r in train_rows
-    ]
+    with state.main_process_first():  # rank 0 tokenises; the other ranks map its files
+        examples = training_set(cfg, data_path, data_sha, tok, tokenized_cache())
+    if not examples.n_examples:
+        raise ValueError(f"{data_path}: no rows with a question and a solution left for training")
 
     key = resume_key(cfg, data_sha)
     ckpt = checkpoint(cfg, run, key, resume)
@@ -306,7 +310,7 @@ def train_here(
     trainer = build_trainer(
         cfg,
         args,
-        [{k: e[k] for k in ("input_ids", "labels")} for e in examples],
+        examples.dataset,
         model,
         tok,
         [_loss_logger(run.loss, time.time()), *(callbacks or [])],
@@ -332,10 +336,10 @@ def train_here(
         "saved": "model" if cfg.method == "full" else "adapter",
         "data_file": str(data_path),
         "data_sha256": data_sha,
-        "n_examples": len(examples),
+        "n_examples": examples.n_examples,
         "n_heldout": cfg.eval_holdout,
         "packing": cfg.packing,
-        "n_truncated": sum(e["n_tokens"] > cfg.max_length for e in examples),
+        "n_truncated": examples.n_truncated,
         "world_size": args.world_size,
         "distributed": str(trainer.accelerator.distributed_type).split(".")[-1],
         "backend": state.backend,
