@@ -59,7 +59,8 @@ format: setup
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-docs: setup   # README's figures, docs/journey.md and docs/img/ from the runs in outputs/ (reporting/docs.py)
+docs: setup   # README's figures, docs/journey.md, docs/img/ and docs/gallery/ from the runs in outputs/ (reporting/docs.py)
+	$(BIN)/python -m mathscale_utils.runs.chain params/paper.yaml --plan --json > docs/results/plan_paper.json
 	$(BIN)/python -m mathscale_utils.reporting.docs
 
 lab: setup   # from the repository root, so notebooks/ and the executed copies in outputs/<run>/notebooks/ both open

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mathscale_utils.core.io import DataError, read_jsonl
 from mathscale_utils.core.method_config import PAPER_PAIRS
-from mathscale_utils.core.params import Params, resolve_path
+from mathscale_utils.core.params import ROOT, Params, resolve_path
 from mathscale_utils.core.templates import fill_template
 from mathscale_utils.data.seeds import load_seeds
 from mathscale_utils.evaluation.mwpbench import select_records
@@ -319,7 +320,7 @@ def plan(P: Params) -> dict:
     budget = P.llm.budget_usd
     return {
         "run_name": P.run_name,
-        "params_file": P.source_file,
+        "params_file": _shown_path(P.source_file),
         "model": P.llm.model,
         "backend": P.llm.backend if P.llm.base_url else "embedded",
         "stages": rows,
@@ -332,6 +333,16 @@ def plan(P: Params) -> dict:
             k: {"value": a.value, "what": a.what, "source": a.source} for k, a in ASSUMPTIONS.items()
         },
     }
+
+
+def _shown_path(path: str | None) -> str | None:
+    """A params file as a plan shows it: relative to the repository when inside it (a plan is a record in docs/)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
 
 
 _SUMMED = ("requests", "prompt_tokens", "completion_tokens", "cost_live_usd", "cost_batch_usd", "wall_h")
