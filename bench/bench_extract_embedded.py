@@ -48,7 +48,9 @@ def main() -> None:
         "wall_s": round(wall, 2),
         "seeds_per_minute": round(60 * len(seeds) / wall, 2),
         "s_per_seed": round(wall / len(seeds), 2),
-        "completion_tokens": usage["session"]["completion_tokens"],
+        "completion_tokens": usage[
+            "completion_tokens"
+        ],  # llm.usage(): this session's counters at the top level
     }
     print(
         "| "

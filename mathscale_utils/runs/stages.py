@@ -237,7 +237,8 @@ def finetune(P: Params, log: Log = print, callbacks: list | None = None) -> dict
     else:
         log(
             "no llama.cpp form of the adapter (needs an embedded base and `python -m mathscale_utils.training.serve "
-            "setup-converter`): serve it with vLLM for stage 05 (evaluate.model, evaluate.base_url)"
+            "setup-converter`): stage 05 serves it with vLLM (evaluate.serve: auto or vllm; serve: off asks the server "
+            "at evaluate.base_url, which it checks against this training)"
         )
     return card
 
