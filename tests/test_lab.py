@@ -73,6 +73,7 @@ def smoke_run(tmp_path_factory, jupyter_dirs) -> Path:
         timeout=3600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "WARNING" not in r.stderr, r.stderr[-3000:]  # e.g. ipykernel's about TCP: the kernel speaks over IPC
     return tmp / "out" / "smoke"
 
 

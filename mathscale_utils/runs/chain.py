@@ -145,6 +145,21 @@ def stage_usage(run_dir: Path, stage: str) -> dict:
     return out
 
 
+def _ipc_kernel_manager() -> type:
+    """A kernel manager whose kernel talks to the chain over Unix sockets (files in Jupyter's runtime directory,
+    removed at shutdown) instead of TCP ports on loopback: nothing else on the machine can reach the kernel, and
+    ipykernel (7.4+) has no reason to print its warning about unencrypted TCP at every stage."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -> Path:
     """Execute one notebook with papermill; raise StageFailed naming the notebook, cell and error."""
     import papermill as pm
@@ -160,6 +175,7 @@ def run_notebook(stage_id: str, params_file: Path, run_dir: Path, kernel: str) -
             kernel_name=kernel,
             cwd=str(ROOT),
             progress_bar=False,
+            kernel_manager_class=_ipc_kernel_manager(),
         )
     except pm.PapermillExecutionError as e:
         raise StageFailed(
