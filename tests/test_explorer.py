@@ -118,6 +118,20 @@ def test_compositions_with_a_concept(run_dir):
     assert table["generated question"].iloc[0] != ""  # compositions with a question come first
 
 
+def test_the_first_concept_shown_is_one_a_question_came_from(run_dir):
+    """The saved notebook shows a generated question: the picker starts at the most frequent topic that one came
+    from, and at the most frequent topic when stage 03 generated nothing."""
+    rg = explorer.load_run_graph(run_dir, ComposeConfig(), seed=0)
+    choices = explorer.concept_choices(rg.G)
+    only = next(c for c in rg.compositions.values() if "Fractions" not in c["topics"])
+    rg.questions = {only["id"]: {"question": "q?", "status": "kept"}}
+    first = explorer.first_choice(rg, choices)
+    assert first.startswith("topic: ") and first.removeprefix("topic: ") in only["topics"]
+    assert explorer.compositions_with(rg, choices[first])["generated question"].iloc[0] == "[kept] q?"
+    rg.questions = {}
+    assert explorer.first_choice(rg, choices) == next(iter(choices)) == "topic: Fractions"
+
+
 def test_explorer_widget_follows_the_picked_concept(run_dir):
     pytest.importorskip("ipywidgets")
     ex = explorer.explore(run_dir, ComposeConfig(), seed=0)

@@ -95,6 +95,16 @@ def concept_choices(G: nx.Graph) -> dict[str, str]:
     return {f"{KIND_NAME[G.nodes[n]['type']]}: {G.nodes[n]['label']}": n for n in nodes}
 
 
+def first_choice(rg: RunGraph, choices: dict[str, str]) -> str:
+    """The picker's first value: the most frequent topic that a generated question came from, so that the saved
+    notebook shows every panel filled; the most frequent topic when stage 03 has not run."""
+    generated = {t for c in rg.compositions.values() if c["id"] in rg.questions for t in c["topics"]}
+    for choice, node in choices.items():
+        if rg.G.nodes[node]["type"] == TOPIC and rg.G.nodes[node]["label"] in generated:
+            return choice
+    return next(iter(choices), "")
+
+
 def neighbours(rg: RunGraph, node: str) -> pd.DataFrame:
     """The node's neighbours: edge kind, co-occurrence count, weight log(count + ε), and the probability that one
     walk step from the node picks it (Eq. 2, in the step's sub-graph; empty where no walk step goes that way:
@@ -216,7 +226,7 @@ class Explorer:
         self.rg, self.choices = rg, concept_choices(rg.G)
         self.frames: dict[str, pd.DataFrame] = {}
         self.concept = w.Combobox(
-            value=start or next(iter(self.choices), ""),
+            value=start or first_choice(rg, self.choices),
             options=list(self.choices),
             ensure_option=True,
             description="concept",
@@ -278,6 +288,7 @@ __all__ = [
     "sample_walks",
     "walks_table",
     "compositions_with",
+    "first_choice",
     "Explorer",
     "table_html",
     "explore",
