@@ -73,7 +73,9 @@ def smoke_run(tmp_path_factory, jupyter_dirs) -> Path:
         timeout=3600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "WARNING" not in r.stderr, r.stderr[-3000:]  # e.g. ipykernel's about TCP: the kernel speaks over IPC
+    assert "WARNING" not in r.stderr, r.stderr[
+        -3000:
+    ]  # e.g. ipykernel's about TCP: the kernel speaks over IPC
     return tmp / "out" / "smoke"
 
 
