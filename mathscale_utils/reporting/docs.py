@@ -324,6 +324,12 @@ def block_scale(bench: dict) -> str:
         "The whole path leaves out the decontamination and dedup rows, which are measured alone and run again "
         "inside assembly.",
     ]
+    for n, v in sizes.items():  # a step stopped by hand while another measurement needed the machine
+        for pause in v.get("paused", []):
+            out.append(
+                f"At {int(n):,} pairs the {pause['step']} step was stopped for {pause['seconds']:,.0f} s "
+                f"({pause['why']}): its wall time and the whole path's include that, its CPU time does not."
+            )
     checks = bench.get("checks") or {}
     if checks:
         out.append("Checks against the targets: " + "; ".join(f"{k} {v}" for k, v in checks.items()) + ".")
